@@ -1,0 +1,3 @@
+from topθ_hw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The ``toptheta`` command.
+
+Each stage owns its subcommands in ``topθ_hw/<stage>/cli.py``, which defines
+``register(subparsers)``. Those modules import only the standard library at
+module level (heavy imports go inside the handlers), so ``--help`` stays fast
+and a replay-only install never needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from topθ_hw import __version__
+from topθ_hw.errors import UserError
+
+# One line per stage; order is the order `toptheta --help` lists them.
+STAGE_CLIS = [
+    "topθ_hw.store.cli",
+    "topθ_hw.capture.cli",
+    "topθ_hw.engine.cli",
+    "topθ_hw.sim.cli",
+    "topθ_hw.quality.cli",
+    "topθ_hw.study.cli",
+    "topθ_hw.report.cli",
+    "topθ_hw.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toptheta",
+        description="Capture attention traces from Hugging Face models, replay dense/top-k/Top-θ "
+        "attention on them, and cost the result on GPUs and accelerators.",
+    )
+    parser.add_argument("--version", action="version", version=f"toptheta-hw {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in STAGE_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):  # stage not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"toptheta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"toptheta {args.command}: interrupted; finished results were kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
