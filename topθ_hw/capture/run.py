@@ -1,0 +1,170 @@
+"""The capture loop: text files -> prompt tokens -> prefill + greedy decode, every layer's Q/K/V stored.
+
+Python API: :func:`capture_texts` (what ``toptheta capture`` runs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from topθ_hw import __version__
+from topθ_hw.capture.hook import capture
+from topθ_hw.capture.models import DTYPES, LoadedModel, load_model
+from topθ_hw.errors import UserError
+
+
+def read_text(path) -> str:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such text file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc})") from None
+    if not text.strip():
+        raise UserError(f"{path}: text is empty; expected some words to use as the prompt")
+    return text
+
+
+def prompt_token_ids(lm: LoadedModel, text: str, where: str, max_prompt_tokens: int,
+                     max_new_tokens: int, truncate: bool) -> list[int]:
+    """The first ``max_prompt_tokens`` tokens of ``text``, checked against the model's context."""
+    ids = list(lm.tokenizer(text).input_ids)[:max_prompt_tokens]
+    if not ids:
+        raise UserError(f"{where}: text gives no tokens; expected some words to use as the prompt")
+    context = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    if context and len(ids) + max_new_tokens > context:
+        fits = context - max_new_tokens
+        if not truncate or fits < 1:
+            raise UserError(f"{where}: prompt of {len(ids)} tokens + {max_new_tokens} new tokens exceeds the "
+                            f"model's context of {context} positions; lower --max-prompt-tokens or pass "
+                            "--truncate to keep the first tokens that fit")
+        warnings.warn(f"{where}: prompt truncated from {len(ids)} to {fits} tokens to fit the model's context "
+                      f"of {context} with {max_new_tokens} new tokens", stacklevel=2)
+        ids = ids[:fits]
+    return ids
+
+
+def attention_modules(model) -> dict:
+    """layer_idx -> attention module (the objects that call the attention function)."""
+    found = {m.layer_idx: m for m in model.modules()
+             if hasattr(m, "layer_idx") and hasattr(m, "scaling") and hasattr(m, "o_proj")}
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if sorted(found) != list(range(n_layers)):
+        raise UserError(f"model type {model.config.model_type!r}: found attention modules for layers "
+                        f"{sorted(found)}, expected 0..{n_layers - 1}; this architecture cannot be captured")
+    return found
+
+
+def rope_fields(config) -> dict:
+    params = getattr(config, "rope_parameters", None) or {}
+    if params and all(isinstance(v, dict) for v in params.values()):  # per layer type (Gemma 3)
+        main = params.get("full_attention") or next(iter(params.values()))
+        return {"rope_type": main.get("rope_type", "default"), "rope_theta": main.get("rope_theta"),
+                "rope_scaling": params}
+    rest = {k: v for k, v in params.items() if k not in ("rope_type", "rope_theta")}
+    return {"rope_type": params.get("rope_type", "default"), "rope_theta": params.get("rope_theta"),
+            "rope_scaling": rest or None}
+
+
+def trace_meta(lm: LoadedModel):
+    """TraceMeta from the loaded model's config and attention modules."""
+    import torch
+    import transformers
+
+    from topθ_hw.store import TraceMeta
+
+    config = lm.model.config.get_text_config()
+    modules = attention_modules(lm.model)
+    for layer, m in modules.items():
+        if getattr(m, "attn_logit_softcapping", None):
+            raise UserError(f"model type {config.model_type!r} layer {layer} soft-caps attention logits; the "
+                            "trace format assumes plain softmax(QK^T * scaling) and cannot represent it")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    full_config = json.loads(json.dumps(lm.model.config.to_dict(), default=str))
+    return TraceMeta(
+        model_id=lm.model_id, model_file_sha256=lm.sha256, architecture=config.model_type,
+        n_layers=config.num_hidden_layers, n_q_heads=config.num_attention_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=head_dim, dtype=lm.dtype,
+        scalings=[float(modules[i].scaling) for i in range(len(modules))],
+        sliding_windows=[getattr(modules[i], "sliding_window", None) for i in range(len(modules))],
+        max_position_embeddings=getattr(config, "max_position_embeddings", None),
+        package_version=__version__, **rope_fields(config),
+        extra={"weights_path": str(lm.weights_path), "torch": torch.__version__,
+               "transformers": transformers.__version__, "attn_implementation": "sdpa",
+               "decoding": "greedy, fixed number of steps (EOS not special)", "config": full_config})
+
+
+def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, sink, meta,
+                          progress=None) -> list[int]:
+    """Prefill ``ids`` then ``max_new_tokens`` greedy decode steps, all recorded into ``sink``.
+
+    Returns the tokens that own the stored rows: the prompt followed by the token fed at
+    each decode step (row t of every layer belongs to token t).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    model = lm.model
+    tokens = list(ids)
+    with torch.inference_mode(), capture(model, sink) as recorder:
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits
+        if progress:
+            progress.update(1)
+        for _ in range(max_new_tokens):
+            next_token = int(logits[0, -1].argmax())
+            tokens.append(next_token)
+            logits = model(input_ids=torch.tensor([[next_token]]), cache=cache, use_cache=True).logits
+            if progress:
+                progress.update(1)
+        recorder.check_all_layers_seen(1 + max_new_tokens)
+    for layer, s in recorder.scalings.items():
+        if s != meta.scalings[layer]:
+            raise UserError(f"layer {layer}: attention was called with scaling {s}, but the module says "
+                            f"{meta.scalings[layer]}; the stored scaling would be wrong")
+    return tokens
+
+
+def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: int = 512,
+                  max_new_tokens: int = 64, dtype: str = "bfloat16", truncate: bool = False,
+                  overwrite: bool = False, progress: bool = True, loaded: LoadedModel | None = None) -> Path:
+    """Capture one sequence per text file into a new trace store at ``out``; returns ``out``.
+
+    Each sequence is the first ``max_prompt_tokens`` tokens of its text as the prompt, then
+    ``max_new_tokens`` greedy decode steps. ``loaded`` reuses an already loaded model.
+    """
+    from tqdm import tqdm
+
+    from topθ_hw.store import TraceWriter
+
+    out = Path(out)
+    if not texts:
+        raise UserError("no text files given; pass at least one --text FILE")
+    if max_prompt_tokens < 1 or max_new_tokens < 0:
+        raise UserError(f"--max-prompt-tokens is {max_prompt_tokens} and --max-new-tokens {max_new_tokens}; "
+                        "expected at least 1 and at least 0")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype is {dtype!r}, expected one of {', '.join(DTYPES)}")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: output exists; pass --overwrite to replace it")
+    contents = {Path(t): read_text(t) for t in texts}  # every bad input before the slow model load
+    lm = loaded or load_model(model, dtype)
+    if lm.dtype != dtype:
+        raise UserError(f"the loaded model computes in {lm.dtype}, but dtype={dtype!r} was asked for")
+    prompts = {p: prompt_token_ids(lm, text, str(p), max_prompt_tokens, max_new_tokens, truncate)
+               for p, text in contents.items()}
+    meta = trace_meta(lm)
+    bar = tqdm(total=len(prompts) * (1 + max_new_tokens), unit="pass", desc="capture",
+               disable=not progress, file=sys.stderr)
+    with bar, TraceWriter(out, meta, overwrite=overwrite) as writer:
+        for path, ids in prompts.items():
+            bar.set_postfix_str(f"{path.stem} ({len(ids)} prompt tokens)")
+            with writer.sequence(source=path.stem, prompt_token_ids=ids,
+                                 max_rows=len(ids) + max_new_tokens) as seq:
+                seq.set_token_ids(generate_with_capture(lm, ids, max_new_tokens, seq, meta, bar))
+    return out
