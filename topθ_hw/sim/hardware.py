@@ -1,0 +1,220 @@
+"""Devices as data: ``sims/hardware/<name>.toml`` loaded into frozen, validated dataclasses.
+
+This module is the only door to device numbers; the simulator takes a :class:`Device` as an
+argument and never names one. Every key carries its unit in its name (``clock_Hz``,
+``hbm_bandwidth_GBps``, ``sram_per_unit_KiB``) and every number has a source beside it, in the
+section's ``sources`` table under the same key. A source is checked, not just present: it must
+start with one of
+
+- ``ref:<key>``      a document listed in the file's ``[references]`` table,
+- ``measured:<path>`` a measurement file, path relative to the TOML file, that must exist,
+- ``derived:``       arithmetic from other sourced numbers (say which),
+- ``assumed:``       a modelling assumption (say why), for figures no vendor publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from topθ_hw.errors import UserError
+
+SOURCE_KINDS = ("ref:", "measured:", "derived:", "assumed:")
+
+
+def _spec(kind: str, doc: str):
+    """A device field: ``kind`` is 'count' (int ≥ 1), 'positive', 'nonnegative' or 'fraction' (0, 1]."""
+    return field(metadata={"kind": kind, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Compute:
+    units: int = _spec("count", "compute units (SMs, CUs, cores) that run work items in parallel")
+    clock_Hz: float = _spec("positive", "clock the matrix throughput figure is quoted at")
+    matrix_TFLOPS: float = _spec("positive", "dense bf16/fp16 matrix throughput, whole device")
+    matrix_min_rows: int = _spec("count", "smallest M of one matrix instruction; fewer query rows are padded")
+    vector_TFLOPS: float = _spec("positive", "fp32 vector (non-matrix) throughput, whole device")
+    sram_per_unit_KiB: float = _spec("positive", "software-managed SRAM per unit (shared memory, LDS, VMEM)")
+    registers_per_unit_KiB: float = _spec("positive", "register file per unit")
+
+
+@dataclass(frozen=True)
+class Memory:
+    hbm_bandwidth_GBps: float = _spec("positive", "peak DRAM bandwidth (datasheet)")
+    hbm_capacity_GB: float = _spec("positive", "DRAM capacity")
+    hbm_channels: int = _spec("count", "independent DRAM channels the address space is interleaved over")
+    hbm_latency_ns: float = _spec("positive", "load-to-use latency of a DRAM access from a unit")
+    stream_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth for long streaming reads")
+    gather_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth gathering single KV rows")
+    gather_row_bytes: int = _spec("count", "row size the gather efficiency was measured at")
+    unit_bandwidth_GBps: float = _spec("positive", "most one unit can pull (memory-level parallelism / latency)")
+    l2_MiB: float = _spec("nonnegative", "last-level on-chip cache (0: none)")
+    sector_bytes: int = _spec("count", "smallest DRAM transaction")
+    line_bytes: int = _spec("count", "cache line")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    launch_overhead_us: float = _spec("positive", "time of an empty kernel launch, back to back in a stream")
+    kv_page_tokens: int = _spec("count", "tokens per KV-cache page of the serving engine")
+
+
+@dataclass(frozen=True)
+class Energy:
+    hbm_pJ_per_byte: float = _spec("positive", "DRAM read energy")
+    sram_pJ_per_byte: float = _spec("positive", "on-chip SRAM access energy")
+    matrix_pJ_per_flop: float = _spec("positive", "matrix-unit energy per FLOP")
+    vector_pJ_per_flop: float = _spec("positive", "vector-unit energy per FLOP")
+
+
+SECTIONS = {"compute": Compute, "memory": Memory, "kernel": Kernel, "energy": Energy}
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    path: str
+    compute: Compute
+    memory: Memory
+    kernel: Kernel
+    energy: Energy
+    sources: dict  # "section.key" -> source text
+
+    @property
+    def stream_bandwidth_Bps(self) -> float:
+        """Achievable streaming-read bandwidth in bytes per second."""
+        return self.memory.hbm_bandwidth_GBps * 1e9 * self.memory.stream_efficiency_fraction
+
+    @property
+    def gather_overhead_bytes(self) -> float:
+        """Extra channel time per separate run of bytes, in byte-equivalents.
+
+        One parameter turns the two measured efficiencies into a curve over run length:
+        eff(run) = stream_eff · run / (run + overhead), which equals the measured gather
+        efficiency at ``gather_row_bytes`` and tends to the streaming one for long runs.
+        """
+        m = self.memory
+        return m.gather_row_bytes * (m.stream_efficiency_fraction / m.gather_efficiency_fraction - 1.0)
+
+
+def hardware_dir() -> Path:
+    """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or ``sims/hardware`` of the repository."""
+    env = os.environ.get("TOPTHETA_HARDWARE_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "hardware"
+
+
+def known_devices() -> list[str]:
+    return sorted(p.stem for p in hardware_dir().glob("*.toml"))
+
+
+def load_device(name_or_path: str | os.PathLike) -> Device:
+    """Load a shipped device by name (``"h100"``) or any TOML file by path; validated."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".toml") or os.sep in text or path.exists()):
+        path = hardware_dir() / f"{text}.toml"
+        if not path.exists():
+            raise UserError(f"unknown device {text!r}; known devices: {', '.join(known_devices())} "
+                            "(or give a path to a .toml file)")
+    if not path.exists():
+        raise UserError(f"{path}: no such device file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML ({exc})") from exc
+    return _device_from_dict(raw, path)
+
+
+def _device_from_dict(raw: dict, path: Path) -> Device:
+    for key in ("name", "description"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise UserError(f"{path}: field '{key}' missing or not a non-empty string")
+    references = raw.get("references", {})
+    if not isinstance(references, dict):
+        raise UserError(f"{path}: field 'references' must be a table of name = \"citation\"")
+    unknown = set(raw) - {"name", "description", "references", *SECTIONS}
+    if unknown:
+        raise UserError(f"{path}: unknown top-level field(s) {sorted(unknown)}; "
+                        f"expected name, description, references, {', '.join(SECTIONS)}")
+    sections, sources = {}, {}
+    for section, cls in SECTIONS.items():
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: section [{section}] missing")
+        sections[section] = _section(cls, table, section, path, references, sources)
+    device = Device(name=raw["name"], description=raw["description"], path=str(path),
+                    sources=sources, **sections)
+    _check_consistency(device, path)
+    return device
+
+
+def _section(cls, table: dict, section: str, path: Path, references: dict, sources: dict):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    src = table.get("sources", {})
+    extra = set(table) - set(names) - {"sources"}
+    if extra:
+        raise UserError(f"{path}: unknown field(s) {sorted(f'{section}.{k}' for k in extra)}; "
+                        f"expected {sorted(names)}")
+    stray = set(src) - set(names)
+    if stray:
+        raise UserError(f"{path}: sources for unknown field(s) {sorted(f'{section}.{k}' for k in stray)}")
+    values = {}
+    for name, f in names.items():
+        where = f"{path}: field '{section}.{name}'"
+        if name not in table:
+            raise UserError(f"{where} missing ({f.metadata['doc']})")
+        values[name] = _check_value(table[name], f.metadata["kind"], where)
+        sources[f"{section}.{name}"] = _check_source(src.get(name), references, path, where)
+    return cls(**values)
+
+
+def _check_value(value, kind: str, where: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value!r}")
+    if kind == "count":
+        if value != int(value) or value < 1:
+            raise UserError(f"{where} must be a whole number ≥ 1, got {value!r}")
+        return int(value)
+    if value < 0 or (value == 0 and kind != "nonnegative"):
+        raise UserError(f"{where} must be {'≥' if kind == 'nonnegative' else '>'} 0, got {value!r}")
+    if kind == "fraction" and value > 1:
+        raise UserError(f"{where} is a fraction and must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_source(source, references: dict, path: Path, where: str) -> str:
+    if not isinstance(source, str) or not source.strip():
+        raise UserError(f"{where} has no source: add it under the section's [sources] table")
+    if not source.startswith(SOURCE_KINDS):
+        raise UserError(f"{where}: source {source!r} must start with one of {', '.join(SOURCE_KINDS)}")
+    if source.startswith("ref:"):
+        ref = source[4:].split()[0].rstrip(",;:")
+        if ref not in references:
+            raise UserError(f"{where}: source cites ref:{ref}, which [references] does not list")
+    if source.startswith("measured:"):
+        measured = (path.parent / source[9:].split()[0].rstrip(",;:")).resolve()
+        if not measured.exists():
+            raise UserError(f"{where}: source cites measurement file {measured}, which does not exist")
+    return source
+
+
+def _check_consistency(d: Device, path: Path) -> None:
+    m, c = d.memory, d.compute
+    checks = [
+        (m.line_bytes % m.sector_bytes == 0, "memory.line_bytes", "a multiple of memory.sector_bytes"),
+        (m.gather_efficiency_fraction <= m.stream_efficiency_fraction, "memory.gather_efficiency_fraction",
+         "≤ memory.stream_efficiency_fraction (gathers cannot beat streams)"),
+        (m.unit_bandwidth_GBps <= m.hbm_bandwidth_GBps, "memory.unit_bandwidth_GBps",
+         "≤ memory.hbm_bandwidth_GBps"),
+        (c.vector_TFLOPS <= c.matrix_TFLOPS, "compute.vector_TFLOPS", "≤ compute.matrix_TFLOPS"),
+        (c.matrix_TFLOPS * 1e12 / (c.units * c.clock_Hz) >= 1, "compute.matrix_TFLOPS",
+         "≥ 1 FLOP per clock per unit at compute.clock_Hz"),
+    ]
+    for ok, field_name, expected in checks:
+        if not ok:
+            raise UserError(f"{path}: field '{field_name}' inconsistent: must be {expected}")

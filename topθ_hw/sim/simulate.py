@@ -1,0 +1,117 @@
+"""Simulate attention calls on a device: time, bytes by kind, FLOPs, energy, roofline, utilisation.
+
+Times are seconds in every result (the SimPy model itself runs in nanoseconds). Each pass of a
+call is one kernel launch and costs the device's measured launch overhead plus the simulated
+body. The analytic roofline beside it charges the same launches plus, per pass, the larger of
+bytes / achievable streaming bandwidth and FLOPs / peak throughput: the time no schedule beats
+on this device, so ``time_s / roofline_time_s`` is the model's scheduling and latency overhead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from topθ_hw.errors import UserError
+from topθ_hw.sim.hardware import Device, load_device
+from topθ_hw.sim.model import simulate_pass
+from topθ_hw.sim.workload import BYTE_KINDS, TILE, AttentionCall, kernel_workload
+
+
+def check_fits(call: AttentionCall, device: Device, context_rows: int) -> None:
+    """Refuse calls whose shape breaks the device's assumptions (SRAM tiles, HBM capacity)."""
+    row = call.shape.row_bytes
+    tile_kib = 2 * 2 * TILE * row / 1024  # K and V tiles, double-buffered
+    if tile_kib > device.compute.sram_per_unit_KiB:
+        raise UserError(f"head_dim {call.shape.head_dim} in {call.shape.dtype} needs {tile_kib:.0f} KiB of SRAM "
+                        f"per unit for double-buffered {TILE}-row K/V tiles; {device.name} "
+                        f"({device.path}) has compute.sram_per_unit_KiB = {device.compute.sram_per_unit_KiB:g}")
+    kv_gb = 2 * context_rows * row / 1e9
+    if kv_gb > device.memory.hbm_capacity_GB:
+        raise UserError(f"this layer's KV cache alone is {kv_gb:.1f} GB; {device.name} ({device.path}) has "
+                        f"memory.hbm_capacity_GB = {device.memory.hbm_capacity_GB:g}")
+
+
+def pass_roofline_ns(p, device: Device) -> float:
+    c = device.compute
+    total = sum(int(p.bytes[k].sum()) for k in BYTE_KINDS)
+    return max(total / (device.stream_bandwidth_Bps * 1e-9),
+               float(p.matrix_flops.sum()) / (c.matrix_TFLOPS * 1e3),
+               float(p.vector_flops.sum()) / (c.vector_TFLOPS * 1e3))
+
+
+def energy_j(byte_total: float, matrix_flops: float, vector_flops: float, device: Device) -> dict:
+    """Dynamic energy: DRAM reads, SRAM staging (each byte written into and read out of SRAM once),
+    matrix and vector arithmetic."""
+    e = device.energy
+    parts = {"energy_hbm_j": byte_total * e.hbm_pJ_per_byte * 1e-12,
+             "energy_sram_j": 2 * byte_total * e.sram_pJ_per_byte * 1e-12,
+             "energy_compute_j": (matrix_flops * e.matrix_pJ_per_flop + vector_flops * e.vector_pJ_per_flop) * 1e-12}
+    return {"energy_j": sum(parts.values()), **parts}
+
+
+def simulate_call(call: AttentionCall, device: Device, max_chunks: int = 4) -> dict:
+    """Simulate every pass of ``call``; one flat dict of totals (seconds, bytes, FLOPs, joules)."""
+    context_rows = int(sum(p.bytes["k"].sum() for p in call.passes) // call.shape.row_bytes)
+    check_fits(call, device, context_rows)
+    launch_ns = device.kernel.launch_overhead_us * 1e3
+    time_ns = roofline_ns = 0.0
+    events = 0
+    for p in call.passes:
+        sim = simulate_pass(p, device, max_chunks)
+        time_ns += launch_ns + sim["body_ns"]
+        roofline_ns += launch_ns + pass_roofline_ns(p, device)
+        events += sim["events"]
+    out = {"phase": call.phase, "method": call.method, "fetch": call.fetch,
+           "kept_v_fraction": call.kept_v_fraction, "launches": len(call.passes),
+           "time_s": time_ns * 1e-9, "roofline_time_s": roofline_ns * 1e-9}
+    for kind in BYTE_KINDS:
+        out[f"bytes_{kind}"] = call.total(kind)
+    out["bytes_total"] = sum(out[f"bytes_{k}"] for k in BYTE_KINDS)
+    out["matrix_flops"] = float(sum(p.matrix_flops.sum() for p in call.passes))
+    out["vector_flops"] = float(sum(p.vector_flops.sum() for p in call.passes))
+    out["flops"] = out["matrix_flops"] + out["vector_flops"]
+    out.update(energy_j(out["bytes_total"], out["matrix_flops"], out["vector_flops"], device))
+    out.update(utilisation(out, device))
+    out["events"] = events
+    return out
+
+
+def utilisation(totals: dict, device: Device) -> dict:
+    """Fraction of datasheet peak bandwidth and matrix throughput achieved over the whole time."""
+    t = totals["time_s"]
+    if t <= 0:
+        return {"utilisation": 0.0, "compute_utilisation": 0.0}
+    return {"utilisation": totals["bytes_total"] / (t * device.memory.hbm_bandwidth_GBps * 1e9),
+            "compute_utilisation": totals["matrix_flops"] / (t * device.compute.matrix_TFLOPS * 1e12)}
+
+
+def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: int, kv_heads: int,
+                    head_dim: int, dtype: str, kept_v_fraction: float, fetch: str, method: str = "toptheta",
+                    split_tokens: int = 512, seed: int = 0) -> dict:
+    """Predicted time, bytes by kind, FLOPs and energy of one decode-attention call.
+
+    The Python twin of ``toptheta simulate-kernel``; ``hardware`` is a shipped device name, a
+    TOML path or a loaded :class:`Device`.
+    """
+    device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
+                           split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
+    result = simulate_call(call, device)
+    return {"device": device.name, "batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
+            "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result,
+            "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}
+
+
+def fa2_split_tokens(batch: int, kv_heads: int, context: int, units: int, max_splits: int = 128) -> int:
+    """Split length FlashAttention-2's num_splits_heuristic would pick (fill the units in waves)."""
+    blocks = batch * kv_heads
+    n_tiles = math.ceil(context / TILE)
+    if blocks >= 0.8 * units:
+        return n_tiles * TILE
+    eff = []
+    for s in range(1, min(max_splits, units, n_tiles) + 1):
+        waves = blocks * s / units
+        eff.append(waves / math.ceil(waves))
+    best = max(eff)
+    splits = next(i + 1 for i, e in enumerate(eff) if e >= 0.85 * best)
+    return math.ceil(n_tiles / splits) * TILE
