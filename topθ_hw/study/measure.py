@@ -1,0 +1,72 @@
+"""Replay each (trace, method, k) a study needs once, and turn it into kept fractions per context.
+
+The replays are the expensive part of a study, so each one's result (fractions at every context
+the study asks for) is cached as a small JSON file in the study's parts directory, keyed by a
+hash of its inputs; a resumed study reuses them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from topθ_hw.study import parts
+from topθ_hw.study.kept import kept_fractions, kept_masks
+from topθ_hw.study.spec import Study, point_hash
+
+
+def replay_stats(trace_path: str, spec: dict, k: int, sparsity: dict):
+    """The engine's statistics for one method and k on the trace's evaluation sequences.
+
+    Top-θ thresholds are calibrated first, on the calibration sequences (default: the trace's
+    first sequence); evaluation then uses the sequences not calibrated on (or the study's list).
+    """
+    from topθ_hw.engine import TopK, TopTheta
+    from topθ_hw.engine.calibrate import calibrate
+    from topθ_hw.engine.run import replay_trace
+    from topθ_hw.store import open_trace
+
+    trace = open_trace(trace_path)
+    if spec["engine"] == "topk":
+        method = TopK(k=k)
+    else:
+        calibration = sparsity["calibration_sequences"] or trace.sequences[:1]
+        placement = spec.get("placement", sparsity["placement"])
+        table = calibrate(trace, calibration, k=k, placement=placement,
+                          sigma=spec.get("sigma", sparsity["sigma"]))
+        method = TopTheta(thresholds=table, placement=placement, capk=spec.get("capk", False),
+                          sdc=spec.get("sdc", "none"), vmc=spec.get("vmc", False))
+    stats, _ = replay_trace(trace, method, sequences=sparsity["evaluation_sequences"] or None,
+                            layers=sparsity["layers"] or None)
+    return stats
+
+
+def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr) -> dict[tuple, dict]:
+    """(trace, method, k) → {"fractions": {context: {page: f}}, "measured_range": [lo, hi]}."""
+    needed: dict[tuple, set] = {}
+    for t in tasks:
+        if t["engine_method"] != "dense" and t["k"] < t["context"]:
+            needed.setdefault((t["trace"], t["method"], t["k"]), set()).add(t["context"])
+    out = {}
+    for (trace, method, k), contexts in sorted(needed.items()):
+        task = next(t for t in tasks if (t["trace"], t["method"], t["k"]) == (trace, method, k))
+        key = point_hash({"trace": task["trace_id"], "method": study.methods[method], "k": k,
+                          "sparsity": study.sparsity, "contexts": sorted(contexts)})
+        cached = cache_dir / f"kept-{key}.json"
+        if cached.exists():
+            out[(trace, method, k)] = _decode(parts.read_json(cached))
+            continue
+        print(f"replaying {trace} with {method} (k = {k}) for kept fractions", file=log)
+        stats = replay_stats(task["trace_path"], study.methods[method], k, study.sparsity)
+        masks = kept_masks(stats, source=f"replay of {trace} with {method}, k = {k}")
+        result = {"measured_range": list(masks.measured_range),
+                  "fractions": {str(c): kept_fractions(masks, c) for c in sorted(contexts)}}
+        parts.write_json_atomic(cached, result)
+        out[(trace, method, k)] = _decode(parts.read_json(cached))
+    return out
+
+
+def _decode(raw: dict) -> dict:
+    """JSON keys are strings; the fractions are looked up by int context and page size."""
+    return {"measured_range": tuple(raw["measured_range"]),
+            "fractions": {int(c): {int(p): f for p, f in fr.items()} for c, fr in raw["fractions"].items()}}

@@ -1,0 +1,122 @@
+"""``run_study``: validate a study, measure kept fractions once per (trace, method, k), evaluate
+the remaining points on Dask and assemble the results table."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from topθ_hw.errors import UserError
+from topθ_hw.study import parts
+from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
+from topθ_hw.study.kept import kept_fraction
+from topθ_hw.study.runner import run_tasks
+from topθ_hw.study.spec import Study, load_study, point_hash
+from topθ_hw.tables import write_table
+
+SIM_METHOD = {"dense": "dense", "topk": "topk", "toptheta": "toptheta"}
+
+
+def validate(study_path) -> Study:
+    """Everything checked before any work starts: keys, axes, devices and traces."""
+    from topθ_hw.sim.hardware import load_device
+
+    def known_device(name: str) -> bool:
+        try:
+            load_device(name)
+        except UserError:
+            return False
+        return True
+
+    study = load_study(study_path, known_device=known_device)
+    for trace in study.axes["trace"]:
+        resolve_trace(study, trace)
+    return study
+
+
+def resolve_trace(study: Study, trace: str) -> Path:
+    """A trace path as given, else relative to the repository that holds the study file."""
+    candidates = [Path(trace)] + [parent / trace for parent in study.path.resolve().parents]
+    for path in candidates:
+        if (path / "zarr.json").exists():
+            return path.resolve()
+    raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store "
+                    "(no zarr.json there or in the study file's parent directories)")
+
+
+def trace_identity(path: Path) -> str:
+    """Changes when the trace does: the hash of its root metadata and sequence list."""
+    h = hashlib.sha256((path / "zarr.json").read_bytes())
+    for seq in sorted(p.name for p in path.iterdir() if p.is_dir()):
+        h.update(seq.encode())
+    return h.hexdigest()[:16]
+
+
+def build_tasks(study: Study) -> list[dict]:
+    """One task per point: the point's values plus every input its result depends on."""
+    traces = {t: resolve_trace(study, t) for t in study.axes["trace"]}
+    identities = {t: trace_identity(p) for t, p in traces.items()}
+    tasks = []
+    for index, point in enumerate(study.points()):
+        spec = study.methods[point["method"]]
+        task = {**point, "point_index": index, "engine_method": spec["engine"],
+                "sim_method": SIM_METHOD[spec["engine"]], "trace_path": str(traces[point["trace"]]),
+                "trace_id": identities[point["trace"]],
+                "kernel": study.kernel, "method_spec": spec}
+        task["device_numbers"] = device_fingerprint(device_for(task))
+        task["point_hash"] = point_hash({**task, "point_index": None, "trace_path": None,
+                                         "sparsity": study.sparsity})
+        tasks.append(task)
+    return tasks
+
+
+def kept_key(task: dict) -> tuple:
+    return task["trace"], task["method"], task["k"]
+
+
+def attach_kept(tasks: list[dict], measured: dict[tuple, dict]) -> None:
+    for task in tasks:
+        m = measured.get(kept_key(task)) or {"fractions": {}, "measured_range": None}
+        fractions = m["fractions"].get(task["context"])
+        fraction, source = kept_fraction(fractions, m["measured_range"], task["context"], task["page_size"],
+                                         task["k"], task["engine_method"])
+        task.update(kept_v_fraction=fraction, kept_source=source,
+                    kept_rows_fraction=fractions[1] if source != "dense" else 1.0)
+
+
+def run_study(study_path, out, scheduler: str | None = None, workers: int = 2,
+              progress: bool = True, log=sys.stderr) -> pd.DataFrame:
+    """Run (or resume) a study; returns and writes the results table to ``out``."""
+    from topθ_hw.study.measure import measure_all
+
+    study = validate(study_path)
+    tasks = build_tasks(study)
+    done = parts.finished_rows(out)
+    done = done[done["point_hash"].isin({t["point_hash"] for t in tasks})]
+    todo = [t for t in tasks if t["point_hash"] not in set(done["point_hash"])]
+    print(f"study {study.name}: {len(tasks)} points, {len(done)} already done, {len(todo)} to run",
+          file=log)
+    if todo:
+        counts = measure_all(study, todo, parts.parts_dir(out), log=log)
+        attach_kept(todo, counts)
+        part_dir = parts.parts_dir(out)
+        run_tasks(todo, evaluate_point, lambda rows: parts.write_part(part_dir, rows),
+                  scheduler=scheduler, workers=workers, progress=progress)
+    results = assemble(tasks, parts.finished_rows(out))
+    write_table(results, out, {"kind": parts.RESULTS_KIND, "study": study.as_dict(),
+                               "study_file": str(study.path), "points": len(results)})
+    parts.remove_parts(out)
+    return results
+
+
+def assemble(tasks: list[dict], rows: pd.DataFrame) -> pd.DataFrame:
+    """The results in point order, whatever order they finished in."""
+    order = {t["point_hash"]: i for i, t in enumerate(tasks)}
+    rows = rows[rows["point_hash"].isin(order)].copy()
+    if len(rows) != len(tasks):
+        raise RuntimeError(f"{len(tasks) - len(rows)} study points have no result")
+    rows["point_index"] = rows["point_hash"].map(order)
+    return rows.sort_values("point_index").reset_index(drop=True)
