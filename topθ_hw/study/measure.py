@@ -8,6 +8,7 @@ hash of its inputs; a resumed study reuses them.
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from topθ_hw.study import parts
@@ -15,28 +16,37 @@ from topθ_hw.study.kept import kept_fractions, kept_masks
 from topθ_hw.study.spec import Study, point_hash
 
 
-def replay_stats(trace_path: str, spec: dict, k: int, sparsity: dict):
-    """The engine's statistics for one method and k on the trace's evaluation sequences.
+@lru_cache(maxsize=8)
+def calibrated_table(trace_path: str, trace_id: str, k: int, placement: str, sigma: float,
+                     sequences: tuple[str, ...]):
+    """Top-θ thresholds for one k, calibrated on ``sequences`` (default: the trace's first).
 
-    Top-θ thresholds are calibrated first, on the calibration sequences (default: the trace's
-    first sequence); evaluation then uses the sequences not calibrated on (or the study's list).
+    Memoised per process (``trace_id`` changes with the trace): a study with several Top-θ
+    variants at the same k, or a notebook that calibrates before it runs a study, calibrates once.
     """
-    from topθ_hw.engine import TopK, TopTheta
     from topθ_hw.engine.calibrate import calibrate
-    from topθ_hw.engine.run import replay_trace
     from topθ_hw.store import open_trace
 
     trace = open_trace(trace_path)
+    return calibrate(trace, list(sequences) or trace.sequences[:1], k=k, placement=placement, sigma=sigma)
+
+
+def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: dict):
+    """The engine's statistics for one method and k on the trace's evaluation sequences (by
+    default those not calibrated on)."""
+    from topθ_hw.engine import TopK, TopTheta
+    from topθ_hw.engine.run import replay_trace
+    from topθ_hw.store import open_trace
+
     if spec["engine"] == "topk":
         method = TopK(k=k)
     else:
-        calibration = sparsity["calibration_sequences"] or trace.sequences[:1]
         placement = spec.get("placement", sparsity["placement"])
-        table = calibrate(trace, calibration, k=k, placement=placement,
-                          sigma=spec.get("sigma", sparsity["sigma"]))
+        table = calibrated_table(trace_path, trace_id, k, placement, float(spec.get("sigma", sparsity["sigma"])),
+                                 tuple(sparsity["calibration_sequences"]))
         method = TopTheta(thresholds=table, placement=placement, capk=spec.get("capk", False),
                           sdc=spec.get("sdc", "none"), vmc=spec.get("vmc", False))
-    stats, _ = replay_trace(trace, method, sequences=sparsity["evaluation_sequences"] or None,
+    stats, _ = replay_trace(open_trace(trace_path), method, sequences=sparsity["evaluation_sequences"] or None,
                             layers=sparsity["layers"] or None)
     return stats
 
@@ -57,7 +67,7 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr
             out[(trace, method, k)] = _decode(parts.read_json(cached))
             continue
         print(f"replaying {trace} with {method} (k = {k}) for kept fractions", file=log)
-        stats = replay_stats(task["trace_path"], study.methods[method], k, study.sparsity)
+        stats = replay_stats(task["trace_path"], task["trace_id"], study.methods[method], k, study.sparsity)
         masks = kept_masks(stats, source=f"replay of {trace} with {method}, k = {k}")
         result = {"measured_range": list(masks.measured_range),
                   "fractions": {str(c): kept_fractions(masks, c) for c in sorted(contexts)}}
