@@ -73,7 +73,7 @@ class ThresholdTable:
         n = np.asarray(n, np.float64)
         out = np.full((table.shape[1], n.size), np.nan)
         for h in range(table.shape[1]):
-            ok = np.isfinite(table[layer, h])
+            ok = ~np.isnan(table[layer, h])
             if ok.any():
                 out[h] = lookup_1d(self.lengths[ok].astype(np.float64), table[layer, h, ok], n,
                                    method, extrapolate, log_values)

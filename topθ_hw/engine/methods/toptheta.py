@@ -116,7 +116,7 @@ class TopTheta(AttentionMethod):
         dense = n_valid <= self._table.layer_k[layer]
         theta = self._table.thresholds_for_rows(layer, n, self.lookup, self.extrapolate)
         theta[:, dense] = np.nan
-        calibrated = self._table.lengths[np.isfinite(self._table.theta[layer]).any(axis=0)]
+        calibrated = self._table.lengths[(~np.isnan(self._table.theta[layer])).any(axis=0)]
         if len(calibrated):
             self._extrapolated_rows += int(((n > calibrated.max()) & ~dense).sum()) * theta.shape[0]
         rho = None
