@@ -12,7 +12,7 @@ from pathlib import Path
 
 from topθ_hw import __version__
 from topθ_hw.capture.hook import capture
-from topθ_hw.capture.models import DTYPES, LoadedModel, load_model
+from topθ_hw.capture.models import DTYPES, LoadedModel, load_model, resolve
 from topθ_hw.errors import UserError
 
 
@@ -152,6 +152,8 @@ def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: in
         raise UserError(f"--dtype is {dtype!r}, expected one of {', '.join(DTYPES)}")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: output exists; pass --overwrite to replace it")
+    if loaded is None:
+        resolve(model)  # unknown or missing model: say so before anything slow
     contents = {Path(t): read_text(t) for t in texts}  # every bad input before the slow model load
     lm = loaded or load_model(model, dtype)
     if lm.dtype != dtype:
