@@ -47,7 +47,7 @@ class Memory:
     hbm_bandwidth_GBps: float = _spec("positive", "peak DRAM bandwidth (datasheet)")
     hbm_capacity_GB: float = _spec("positive", "DRAM capacity")
     hbm_channels: int = _spec("count", "independent DRAM channels the address space is interleaved over")
-    hbm_latency_ns: float = _spec("positive", "load-to-use latency of a DRAM access from a unit")
+    hbm_latency_ns: float = _spec("positive", "load-to-use DRAM latency while the device streams (loaded)")
     stream_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth for long streaming reads")
     gather_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth gathering single KV rows")
     gather_row_bytes: int = _spec("count", "row size the gather efficiency was measured at")
@@ -59,7 +59,8 @@ class Memory:
 
 @dataclass(frozen=True)
 class Kernel:
-    launch_overhead_us: float = _spec("positive", "time of an empty kernel launch, back to back in a stream")
+    launch_overhead_us: float = _spec("positive", "time of one empty kernel launch between two events")
+    launch_gap_us: float = _spec("positive", "extra time per further kernel launched right behind it")
     kv_page_tokens: int = _spec("count", "tokens per KV-cache page of the serving engine")
 
 

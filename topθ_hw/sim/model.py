@@ -44,7 +44,7 @@ class HBM:
         self.bandwidth = bandwidth_B_per_ns
         self.cap = unit_cap_B_per_ns
         self.latency = latency_ns
-        self.in_flight: list = []     # heap of (virtual finish, sequence number, done event)
+        self.in_flight: list = []     # heap of (virtual finish, sequence number, done event, latency?)
         self.virtual = 0.0            # bytes served to each transfer in flight since t = 0
         self.updated_ns = 0.0
         self.busy_ns = 0.0            # time with at least one transfer in flight
@@ -55,14 +55,15 @@ class HBM:
         """Bytes per ns each transfer in flight gets now."""
         return min(self.cap, self.bandwidth / len(self.in_flight)) if self.in_flight else 0.0
 
-    def read(self, nbytes: float) -> simpy.Event:
-        """Start a transfer of ``nbytes`` (channel-time bytes); the event fires when its data arrived."""
+    def read(self, nbytes: float, with_latency: bool = True) -> simpy.Event:
+        """Start a transfer of ``nbytes`` (channel-time bytes); the event fires when its data
+        arrived: its last byte left the channels, plus the access latency if ``with_latency``."""
         done = self.env.event()
         if nbytes <= 0:
             return done.succeed()
         self._advance()
         self.sequence += 1
-        heapq.heappush(self.in_flight, (self.virtual + nbytes, self.sequence, done))
+        heapq.heappush(self.in_flight, (self.virtual + nbytes, self.sequence, done, with_latency))
         self._schedule_next_finish()
         return done
 
@@ -85,34 +86,54 @@ class HBM:
         self._advance()
         tolerance = 1e-9 * max(1.0, self.virtual)
         while self.in_flight and self.in_flight[0][0] <= self.virtual + tolerance:
-            done = heapq.heappop(self.in_flight)[2]
-            self.env.timeout(self.latency).callbacks.append(lambda _ev, d=done: d.succeed())
+            _, _, done, with_latency = heapq.heappop(self.in_flight)
+            if with_latency:
+                self.env.timeout(self.latency).callbacks.append(lambda _ev, d=done: d.succeed())
+            else:
+                done.succeed()
         if self.in_flight:
             self._schedule_next_finish()
 
 
 @dataclass(frozen=True)
+class KernelOptions:
+    """How the simulated kernel is built (software, not device): see the module docstring.
+
+    dependent_round_trips: DRAM round trips per key tile that wait on each other before the
+    tile's V rows are in: 1 when V addresses follow from the tile's scores (Top-θ deciding on
+    the fly, K prefetched); 2 when a kept mask must be loaded first (the validation kernels).
+    resident_items: work items one unit runs at once (occupancy), overlapping their chains.
+    max_chunks: chunks per unit in the event model (more: finer, more events).
+    """
+    dependent_round_trips: int = 1
+    resident_items: int = 1
+    max_chunks: int = 4
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """A slice of one unit's work: channel-time bytes to load first, the dependent V gather
-    (0 when V comes with the first load), and compute times before and after the gather."""
-    first_bytes: float
-    gather_bytes: float
-    score_ns: float
-    pv_ns: float
+    """A slice of one unit's work: channel-time bytes (K, V and the rest), compute time, and the
+    chain of dependent round trips (one per key tile) its V gather cannot finish before."""
+    channel_bytes: float
+    compute_ns: float
+    chain_ns: float = 0.0
 
 
-def sm_worker(env, unit, hbm, chunks, log):
-    """One compute unit streaming its chunks with double buffering."""
+def sm_worker(env, unit, hbm, chunks, drain_ns, log):
+    """One compute unit working through its chunks.
+
+    Within a chunk the unit computes on tiles as they stream in (the kernel's multi-stage
+    buffers), so a chunk takes the longest of its transfer, its compute and its chain of
+    dependent round trips. Only the first transfer waits a full access latency; later ones
+    were requested while the previous chunk streamed. The last tile's compute drains at the end.
+    """
     start = env.now
-    pending = hbm.read(chunks[0].first_bytes)
     for c, chunk in enumerate(chunks):
-        yield pending
-        if c + 1 < len(chunks):
-            pending = hbm.read(chunks[c + 1].first_bytes)  # the other buffer fills meanwhile
-        yield env.timeout(chunk.score_ns)
-        if chunk.gather_bytes:
-            yield hbm.read(chunk.gather_bytes)
-        yield env.timeout(chunk.pv_ns)
+        parts = [hbm.read(chunk.channel_bytes, with_latency=(c == 0)), env.timeout(chunk.compute_ns)]
+        if chunk.chain_ns:
+            parts.append(env.timeout(chunk.chain_ns))
+        yield env.all_of(parts)
+    yield env.timeout(drain_ns)
     log.append((unit, start, env.now))
 
 
@@ -129,31 +150,44 @@ def assign_to_units(cost: np.ndarray, n_units: int) -> np.ndarray:
     return unit_of
 
 
-def unit_chunks(p: Pass, device: Device, max_chunks: int) -> list[list[Chunk]]:
-    """Aggregate the pass's work items per unit, then cut each unit's work into chunks."""
-    c, m = device.compute, device.memory
-    v_bytes = p.bytes["v"].astype(float)
+def pass_costs(p: Pass, device: Device) -> dict:
+    """Per work item: channel-time bytes (all, and the V gather's share) and compute time in ns."""
+    c = device.compute
+    overhead = p.runs * device.gather_overhead_bytes
     other = sum(p.bytes[k] for k in BYTE_KINDS if k != "v").astype(float)
-    channel_bytes = other + v_bytes + p.runs * device.gather_overhead_bytes
     pad = math.ceil(p.matrix_rows / c.matrix_min_rows) * c.matrix_min_rows / p.matrix_rows
-    compute_ns = (p.matrix_flops * pad / (c.matrix_TFLOPS * 1e3 / c.units)
-                  + p.vector_flops / (c.vector_TFLOPS * 1e3 / c.units))
-    unit_of = assign_to_units(channel_bytes / (m.unit_bandwidth_GBps) + compute_ns, c.units)
-    per_unit = [np.bincount(unit_of, weights=w, minlength=c.units)
-                for w in (channel_bytes, v_bytes + p.runs * device.gather_overhead_bytes, compute_ns)]
+    compute = (p.matrix_flops * pad / (c.matrix_TFLOPS * 1e3 / c.units)
+               + p.vector_flops / (c.vector_TFLOPS * 1e3 / c.units))
+    tiles = p.tiles if p.tiles is not None else np.ones(p.items)
+    return {"channel": other + p.bytes["v"] + overhead, "gather": p.bytes["v"] + overhead,
+            "compute": compute, "tiles": tiles.astype(float)}
+
+
+def unit_chunks(p: Pass, device: Device, max_chunks: int, kernel: KernelOptions) -> list:
+    """Aggregate the pass's work items per unit, then cut each unit's work into equal chunks."""
+    c, m = device.compute, device.memory
+    cost = pass_costs(p, device)
+    unit_of = assign_to_units(cost["channel"] / m.unit_bandwidth_GBps + cost["compute"], c.units)
+    per_unit = {k: np.bincount(unit_of, weights=v, minlength=c.units) for k, v in cost.items()}
     items = np.bincount(unit_of, minlength=c.units)
+    active = np.flatnonzero(items)
     plans = []
-    for u in np.flatnonzero(items):
-        total, gather, compute = (w[u] for w in per_unit)
-        n = int(min(max_chunks, items[u] * 4))
-        gather = gather if p.v_dependent else 0.0
-        chunk = Chunk(first_bytes=(total - gather) / n, gather_bytes=gather / n,
-                      score_ns=compute / n / 2, pv_ns=compute / n / 2)
-        plans.append((int(u), [chunk] * n))
+    for u in active:
+        total, gather, compute, tiles = (per_unit[k][u] for k in ("channel", "gather", "compute", "tiles"))
+        chain = 0.0
+        if p.v_dependent:
+            # per tile one round trip at the loaded latency (the channels are busy streaming
+            # every other unit's K), its own V bytes at one unit's rate, then its compute
+            round_trip = m.hbm_latency_ns + gather / tiles / m.unit_bandwidth_GBps
+            in_flight = min(kernel.resident_items, items[u])  # items resident on the unit at once
+            chain = (kernel.dependent_round_trips * round_trip + compute / tiles) * tiles / in_flight
+        n = int(min(max_chunks, items[u] * 4, max(1, tiles)))
+        chunk = Chunk(channel_bytes=total / n, compute_ns=compute / n, chain_ns=chain / n)
+        plans.append((int(u), [chunk] * n, compute / max(tiles, 1)))
     return plans
 
 
-def simulate_pass(p: Pass, device: Device, max_chunks: int = 4) -> dict:
+def simulate_pass(p: Pass, device: Device, kernel: KernelOptions = KernelOptions()) -> dict:
     """Run one kernel pass; returns its body time (launch excluded), events and per-unit records."""
     env = simpy.Environment()
     m = device.memory
@@ -161,8 +195,8 @@ def simulate_pass(p: Pass, device: Device, max_chunks: int = 4) -> dict:
               unit_cap_B_per_ns=m.unit_bandwidth_GBps,
               latency_ns=m.hbm_latency_ns)
     log: list = []
-    for unit, chunks in unit_chunks(p, device, max_chunks):
-        env.process(sm_worker(env, unit, hbm, chunks, log))
+    for unit, chunks, drain_ns in unit_chunks(p, device, kernel.max_chunks, kernel):
+        env.process(sm_worker(env, unit, hbm, chunks, drain_ns, log))
     events = 0
     while env.peek() != math.inf:
         env.step()

@@ -1,8 +1,8 @@
 """Simulate attention calls on a device: time, bytes by kind, FLOPs, energy, roofline, utilisation.
 
 Times are seconds in every result (the SimPy model itself runs in nanoseconds). Each pass of a
-call is one kernel launch and costs the device's measured launch overhead plus the simulated
-body. The analytic roofline beside it charges the same launches plus, per pass, the larger of
+call is one kernel launch: the first costs the device's launch overhead, each further one the
+(smaller) gap of a launch queued right behind it, and the passes' simulated bodies add up. The analytic roofline beside it charges the same launches plus, per pass, the larger of
 bytes / achievable streaming bandwidth and FLOPs / peak throughput: the time no schedule beats
 on this device, so ``time_s / roofline_time_s`` is the model's scheduling and latency overhead.
 """
@@ -13,7 +13,7 @@ import math
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device, load_device
-from topθ_hw.sim.model import simulate_pass
+from topθ_hw.sim.model import KernelOptions, simulate_pass
 from topθ_hw.sim.workload import BYTE_KINDS, TILE, AttentionCall, kernel_workload
 
 
@@ -49,17 +49,17 @@ def energy_j(byte_total: float, matrix_flops: float, vector_flops: float, device
     return {"energy_j": sum(parts.values()), **parts}
 
 
-def simulate_call(call: AttentionCall, device: Device, max_chunks: int = 4) -> dict:
+def simulate_call(call: AttentionCall, device: Device, kernel: KernelOptions = KernelOptions()) -> dict:
     """Simulate every pass of ``call``; one flat dict of totals (seconds, bytes, FLOPs, joules)."""
     context_rows = int(sum(p.bytes["k"].sum() for p in call.passes) // call.shape.row_bytes)
     check_fits(call, device, context_rows)
-    launch_ns = device.kernel.launch_overhead_us * 1e3
-    time_ns = roofline_ns = 0.0
-    events = 0
+    k = device.kernel
+    launch_ns = (k.launch_overhead_us + (len(call.passes) - 1) * k.launch_gap_us) * 1e3
+    time_ns, roofline_ns, events = launch_ns, launch_ns, 0
     for p in call.passes:
-        sim = simulate_pass(p, device, max_chunks)
-        time_ns += launch_ns + sim["body_ns"]
-        roofline_ns += launch_ns + pass_roofline_ns(p, device)
+        sim = simulate_pass(p, device, kernel)
+        time_ns += sim["body_ns"]
+        roofline_ns += pass_roofline_ns(p, device)
         events += sim["events"]
     out = {"phase": call.phase, "method": call.method, "fetch": call.fetch,
            "kept_v_fraction": call.kept_v_fraction, "launches": len(call.passes),
@@ -87,7 +87,7 @@ def utilisation(totals: dict, device: Device) -> dict:
 
 def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: int, kv_heads: int,
                     head_dim: int, dtype: str, kept_v_fraction: float, fetch: str, method: str = "toptheta",
-                    split_tokens: int = 512, seed: int = 0) -> dict:
+                    split_tokens: int = 512, seed: int = 0, kernel: KernelOptions = KernelOptions()) -> dict:
     """Predicted time, bytes by kind, FLOPs and energy of one decode-attention call.
 
     The Python twin of ``toptheta simulate-kernel``; ``hardware`` is a shipped device name, a
@@ -96,7 +96,7 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
     call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
                            split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
-    result = simulate_call(call, device)
+    result = simulate_call(call, device, kernel)
     return {"device": device.name, "batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
             "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result,
             "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}

@@ -68,6 +68,7 @@ class Pass:
     vector_flops: np.ndarray
     matrix_rows: int                 # query rows a matrix instruction works on (padding)
     v_dependent: bool = False        # V addresses known only after this item's scores
+    tiles: np.ndarray | None = None  # 64-key tiles per item: dependent round trips when v_dependent
 
     @property
     def items(self) -> int:
@@ -161,7 +162,8 @@ def _split_pass(streams, shape, page, granule, split_tokens, method, role):
         tokens = _split_tokens(s.context, split_tokens)
         n = len(tokens)
         b = _empty_bytes(n)
-        cols = {"runs": np.ones(n, dtype=np.int64), "matrix": np.zeros(n), "vector": np.zeros(n)}
+        cols = {"runs": np.ones(n, dtype=np.int64), "matrix": np.zeros(n), "vector": np.zeros(n),
+                "tiles": -(-tokens // TILE)}
         partial_out = G * (d + 2) * FP32 if n > 1 else G * row  # split partials, or the output itself
         b["other"] += partial_out
         b["other"][0] += G * row  # the query, once per stream (later splits hit L2)
@@ -186,7 +188,7 @@ def _split_pass(streams, shape, page, granule, split_tokens, method, role):
     merged = _concat(parts)
     return Pass(name=f"split_kv_{role}", bytes={k: merged[k] for k in BYTE_KINDS}, runs=merged["runs"],
                 matrix_flops=merged["matrix"], vector_flops=merged["vector"], matrix_rows=G,
-                v_dependent=(method != "dense"))
+                v_dependent=(method != "dense" and role != "scores"), tiles=merged["tiles"])
 
 
 def _select_pass(streams, shape):
@@ -318,7 +320,7 @@ def prefill_call(shape: Shape, tiles: dict, method: str, fetch: str, granule_byt
         b["scores"] = 2 * G * rows * ctx * FP32  # the score tile written, then read for selection
         vector = vector + 3.0 * RADIX_SELECT_PASSES * G * rows * ctx
     p = Pass(name="prefill_tiled", bytes=b, runs=runs, matrix_flops=matrix, vector_flops=vector,
-             matrix_rows=TILE, v_dependent=(method != "dense"))
+             matrix_rows=TILE, v_dependent=(method != "dense"), tiles=tiles["kv_tiles_total"].astype(np.int64))
     kept = float(np.sum(tiles["kept_v_rows"])) / max(1, int(np.sum(ctx))) if method != "dense" else 1.0
     return AttentionCall(phase="prefill", method=method, fetch=fetch, shape=shape, passes=[p],
                          kept_v_fraction=kept)
