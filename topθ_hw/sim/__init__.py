@@ -7,7 +7,8 @@ turn shapes or engine statistics into kernel passes; ``simulate_call`` / ``simul
 
 from topθ_hw.sim.hardware import Device, known_devices, load_device
 from topθ_hw.sim.simulate import simulate_call, simulate_kernel
+from topθ_hw.sim.stats import simulate_stats, workload_from_stats
 from topθ_hw.sim.workload import decode_call, kernel_workload, prefill_call
 
-__all__ = ["Device", "known_devices", "load_device", "simulate_call", "simulate_kernel",
-           "decode_call", "kernel_workload", "prefill_call"]
+__all__ = ["Device", "known_devices", "load_device", "simulate_call", "simulate_kernel", "simulate_stats",
+           "workload_from_stats", "decode_call", "kernel_workload", "prefill_call"]

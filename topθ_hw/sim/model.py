@@ -107,7 +107,7 @@ class KernelOptions:
     """
     dependent_round_trips: int = 1
     resident_items: int = 1
-    max_chunks: int = 4
+    max_chunks: int = 2
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,12 @@ def sm_worker(env, unit, hbm, chunks, drain_ns, log):
     """
     start = env.now
     for c, chunk in enumerate(chunks):
-        parts = [hbm.read(chunk.channel_bytes, with_latency=(c == 0)), env.timeout(chunk.compute_ns)]
-        if chunk.chain_ns:
-            parts.append(env.timeout(chunk.chain_ns))
-        yield env.all_of(parts)
+        began = env.now
+        yield hbm.read(chunk.channel_bytes, with_latency=(c == 0))
+        # compute and the dependent chain started with the chunk: wait only for what is left
+        left = max(chunk.compute_ns, chunk.chain_ns) - (env.now - began)
+        if left > 0:
+            yield env.timeout(left)
     yield env.timeout(drain_ns)
     log.append((unit, start, env.now))
 
