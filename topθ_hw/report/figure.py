@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display; reports are written to files
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+# The object-oriented Figure, not pyplot: no global figure state and no backend switch, so building
+# a report inside a notebook leaves the notebook's own plotting alone.
+from matplotlib.figure import Figure as MplFigure
 
 PROVENANCE = ("measured", "simulated", "datasheet")
 
@@ -28,14 +27,14 @@ class Figure:
 def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def subplots(n_panels: int, width: float = 4.2, height: float = 3.2, cols: int = 3):
     cols = min(cols, n_panels)
     rows = -(-n_panels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = MplFigure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n_panels])
