@@ -50,19 +50,31 @@ def exp_shifted(row, shift, out, bits):
         out[j] *= scale[j]
 
 
-@njit(parallel=True, fastmath=FAST, nogil=True, cache=True)
+# Valid scores are finite (traces are checked for NaN on load), so the max reduction may assume no NaN.
+@njit(parallel=True, fastmath=FAST | {"nnan"}, nogil=True, cache=True)
 def mask_and_max(scores, key_lo, row_lo, row_hi, rows_per_head, row_max):
     """Set scores outside each row's valid keys [row_lo, row_hi] to -inf; row_max[r] = max valid."""
     for r in prange(scores.shape[0]):
         i = r % rows_per_head
         lo, hi = row_lo[i] - key_lo, row_hi[i] - key_lo
-        best = -np.inf
-        for j in range(scores.shape[1]):
-            if j < lo or j > hi:
-                scores[r, j] = -np.inf
-            elif scores[r, j] > best:
-                best = scores[r, j]
-        row_max[r] = best
+        row = scores[r]
+        row[:lo] = -np.inf
+        row[hi + 1:] = -np.inf
+        row_max[r] = lane_max(row[lo:hi + 1])
+
+
+@njit(fastmath=FAST | {"nnan"}, nogil=True, cache=True)
+def lane_max(row):
+    """max(row) with 16 independent lanes: LLVM will not vectorise a plain max reduction."""
+    lanes = np.full(16, np.float32(-np.inf))
+    n16 = row.shape[0] // 16 * 16
+    for j0 in range(0, n16, 16):
+        for lane in range(16):
+            lanes[lane] = max(lanes[lane], row[j0 + lane])
+    best = lanes.max()
+    for j in range(n16, row.shape[0]):
+        best = max(best, row[j])
+    return best
 
 
 @njit(nogil=True, cache=True)
@@ -84,35 +96,59 @@ def softmax_weights(scores, keep, row_max, den_scale, den_add, miss_weight, prob
     den = den_scale[r]·D_kept + miss_weight·D_missed + den_add[r]
     (renormalised: scale 1, miss 0, add 0; post-softmax: miss 1; SDC exact: miss λ;
     SDC exp-threshold: add λ·count·exp(θ-m); SDC offline: scale 1 + λρ/(1-ρ)).
-    kept_weight[r] = Σ_j probs[1, r, j] in float64 (what VMC tops up to 1).
+    kept_weight[r] = Σ_j probs[1, r, j] (what VMC tops up to 1). Sums are float32 partial sums
+    combined in float64; the dropped part is summed directly, never as a difference.
     """
+    n = scores.shape[1]
     for r in prange(scores.shape[0]):
         e_row = probs[0, r]
         exp_shifted(scores[r], row_max[r], e_row, probs[1, r].view(np.int32))
-        d_total = 0.0
-        d_kept = 0.0
-        n_kept = 0
-        for j in range(scores.shape[1]):
-            d_total += e_row[j]
-            if keep[r, j]:
-                d_kept += e_row[j]
-                n_kept += 1
+        d_kept, d_miss = row_sums(e_row, keep[r])
+        n_kept = np.sum(keep[r])
         if n_kept == 0:
             keep_row_maximum(scores[r], keep[r], row_max[r])
             empty[r] = True
-            d_kept, n_kept = 1.0, 1
-        den = den_scale[r] * d_kept + miss_weight * (d_total - d_kept) + den_add[r]
+            d_kept, d_miss = row_sums(e_row, keep[r])
+            n_kept = 1
+        d_total = d_kept + d_miss
+        den = den_scale[r] * d_kept + miss_weight * d_miss + den_add[r]
         inv_total = np.float32(1.0 / d_total)
         inv_den = np.float32(1.0 / den)
-        total_kept = 0.0
-        for j in range(scores.shape[1]):
-            w = e_row[j] * inv_den if keep[r, j] else np.float32(0.0)
-            probs[1, r, j] = w
-            total_kept += w
-            e_row[j] *= inv_total
+        w_row = probs[1, r]
+        flags = keep[r].view(np.uint8)
+        for j in range(n):
+            x = e_row[j]
+            w_row[j] = x * inv_den * np.float32(flags[j])
+            e_row[j] = x * inv_total
         kept[r] = n_kept
-        dropped_mass[r] = (d_total - d_kept) / d_total
-        kept_weight[r] = total_kept
+        dropped_mass[r] = d_miss / d_total
+        kept_weight[r] = d_kept / den
+
+
+@njit(fastmath=FAST, nogil=True, cache=True)
+def row_sums(e_row, keep_row):
+    """(Σ kept, Σ dropped) of e_row: float32 (vectorised) over blocks of 1024, blocks added in float64.
+
+    The mask is read as uint8 and multiplied in, which LLVM vectorises (a branch does not).
+    """
+    flags = keep_row.view(np.uint8)
+    kept_sum, miss_sum = 0.0, 0.0
+    for b in range(0, e_row.shape[0], 1024):
+        k32, m32 = block_sums(e_row[b:b + 1024], flags[b:b + 1024])
+        kept_sum += k32
+        miss_sum += m32
+    return kept_sum, miss_sum
+
+
+@njit(fastmath=FAST, nogil=True, cache=True, inline="always")
+def block_sums(e, flags):
+    k32, m32 = np.float32(0.0), np.float32(0.0)
+    for j in range(e.shape[0]):
+        x = e[j]
+        f = np.float32(flags[j])
+        k32 += x * f
+        m32 += x - x * f
+    return k32, m32
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -131,9 +167,9 @@ def group_union(keep, n_heads, tile_start, tile_end, key_lo, union_out):
         uses = np.zeros(m, np.int32)
         for g in range(n_heads):
             for i in range(tile_start[t], tile_end[t]):
-                r = g * rows_per_head + i
+                flags = keep[g * rows_per_head + i].view(np.uint8)
                 for j in range(m):
-                    uses[j] += keep[r, j]
+                    uses[j] += flags[j]
         n_rows = 0
         most = 0
         last_page = np.full(len(PAGE_SIZES), -1, np.int64)
@@ -151,3 +187,31 @@ def group_union(keep, n_heads, tile_start, tile_end, key_lo, union_out):
             for j in range(m):
                 union_out[t, j] = uses[j] > 0
     return out
+
+
+@njit(parallel=True, fastmath=FAST, nogil=True, cache=True)
+def sparse_pv(weights, keep, values, out):
+    """out[r] = Σ_{kept j} weights[r, j]·values[j]: only kept V rows are read (the Top-θ saving).
+
+    The keep mask is scanned 8 entries per 64-bit word, so mostly-dropped rows cost little.
+    """
+    m = weights.shape[1]
+    words = m // 8
+    for r in prange(weights.shape[0]):
+        acc = np.zeros(values.shape[1], np.float32)
+        packed = keep[r, :words * 8].view(np.uint64)
+        for wd in range(words):
+            if packed[wd] != 0:
+                for j in range(wd * 8, wd * 8 + 8):
+                    if keep[r, j]:
+                        axpy(weights[r, j], values[j], acc)
+        for j in range(words * 8, m):
+            if keep[r, j]:
+                axpy(weights[r, j], values[j], acc)
+        out[r, :] = acc
+
+
+@njit(fastmath=FAST, nogil=True, cache=True, inline="always")
+def axpy(a, x, y):
+    for c in range(x.shape[0]):
+        y[c] += a * x[c]

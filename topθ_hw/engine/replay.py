@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from topθ_hw.engine.kernels import PAGE_SIZES, group_union, mask_and_max, softmax_weights
+from topθ_hw.engine.kernels import PAGE_SIZES, group_union, mask_and_max, softmax_weights, sparse_pv
 from topθ_hw.engine.methods.base import AttentionMethod, ScoreBlock
 
 TILE = 64
-SCORE_BUDGET = 1 << 22   # float32 elements per score block (16 MiB; probs take twice that)
+SCORE_BUDGET = 1 << 20   # float32 elements per score block (4 MiB, probs twice that: stays near L2)
 MAX_CHUNK_ROWS = 512
+SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers kept V rows instead of a GEMM
 ROW_FIELDS = ("kept", "n_valid", "empty", "dropped_mass", "kept_weight", "err2", "ref2", "dot", "out2")
 
 
@@ -82,8 +83,11 @@ def v_means(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def replay_layer(qkv, method: AttentionMethod, layer: int, prompt_len: int, state=None,
-                 keep_outputs: bool = False) -> LayerResult:
-    """Run ``method`` on one layer (LayerQKV-like: q [H_q,T,d], k/v [H_kv,T,d], scaling, sliding_window)."""
+                 keep_outputs: bool = False, decode_only: bool = False) -> LayerResult:
+    """Run ``method`` on one layer (LayerQKV-like: q [H_q,T,d], k/v [H_kv,T,d], scaling, sliding_window).
+
+    ``decode_only`` skips the prefill rows (their per-row fields stay 0, no prefill tiles).
+    """
     q, k, v = qkv.q, qkv.k, qkv.v
     n_heads, n_rows, d = q.shape
     n_groups = k.shape[0]
@@ -97,6 +101,7 @@ def replay_layer(qkv, method: AttentionMethod, layer: int, prompt_len: int, stat
     lo_all, hi_all = row_ranges(np.arange(n_rows), window)
     vbar = v_means(v, lo_all, hi_all) if getattr(method, "vmc", False) else None
     chunks = plan_chunks(prompt_len, n_rows, group, window, method.stateful)
+    chunks = [c for c in chunks if c.phase == "decode"] if decode_only else chunks
     biggest = max(group * (c.t1 - c.t0) * (c.t1 - lo_all[c.t0]) for c in chunks)
     score_buf = np.empty(biggest, np.float32)
     prob_buf = np.empty(2 * biggest, np.float32)
@@ -135,8 +140,13 @@ def run_chunk(qkv, method, layer, g, group, chunk, ctx, state, res, vbar, score_
     probs = prob_buf[:2 * n * n_keys].reshape(2, n, n_keys)
     softmax_weights(scores, sel.keep, row_max, den_scale, den_add, float(sel.miss_weight), probs,
                     kept, dropped, kept_weight, empty)
-    outs = probs.reshape(2 * n, n_keys) @ v[g, key_lo:chunk.t1]             # [2·G·R, d]
-    dense_out, sparse_out = outs[:n], outs[n:]
+    values = v[g, key_lo:chunk.t1]
+    dense_out = probs[0] @ values                                           # [G·R, d] BLAS
+    if kept.sum() < SPARSE_GATHER * n * n_keys:   # gather the kept V rows only
+        sparse_out = np.empty_like(dense_out)
+        sparse_pv(probs[1], sel.keep, values, sparse_out)
+    else:
+        sparse_out = probs[1] @ values
     if sel.vmc:
         lost = (1.0 - kept_weight).reshape(group, n_r, 1)
         sparse_out += (lost * vbar[g, chunk.t0:chunk.t1][None]).reshape(n, -1).astype(np.float32)
