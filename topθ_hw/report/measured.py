@@ -38,20 +38,26 @@ def _ratio(df: pd.DataFrame, by: list[str], num: str, den: str, name: str) -> pd
     return g
 
 
-def kept_by_layer(sources) -> Figure:
-    heads = _per_source(sources, "head")
-    table = _ratio(heads, ["method", "phase", "layer"], "kept_elements", "dense_elements", "kept_fraction")
+def _phase_panels(table: pd.DataFrame, x: str, xlabel: str, xscale: str = "linear"):
+    """One panel per phase, one line per method, kept fraction on a log axis."""
     phases = sorted(table["phase"].unique())
     fig, axes = subplots(len(phases))
     for ax, phase in zip(axes, phases):
         for method, t in table[table["phase"] == phase].groupby("method"):
-            ax.plot(t["layer"], t["kept_fraction"], marker=".", label=method)
-        ax.set(title=f"{phase}", xlabel="layer", ylabel="kept / dense attention elements", yscale="log")
+            ax.plot(t[x], t["kept_fraction"], marker=".", label=method)
+        ax.set(title=phase, xlabel=xlabel, ylabel="kept / dense attention elements", xscale=xscale,
+               yscale="log")
         ax.legend(fontsize=7)
+    return fig
+
+
+def kept_by_layer(sources) -> Figure:
+    heads = _per_source(sources, "head")
+    table = _ratio(heads, ["method", "phase", "layer"], "kept_elements", "dense_elements", "kept_fraction")
     return Figure("kept_fraction_by_layer", "Kept attention elements per layer and phase",
                   "Sum over heads, sequences and rows of kept elements divided by the dense causal count. "
                   "Rows with n ≤ k are dense and included, as in the paper's ratios.",
-                  "measured", _provenance(sources), png_bytes(fig), table)
+                  "measured", _provenance(sources), png_bytes(_phase_panels(table, "layer", "layer")), table)
 
 
 def kept_by_length(sources) -> Figure:
@@ -59,14 +65,7 @@ def kept_by_length(sources) -> Figure:
     heads["length_bin"] = 2 ** np.ceil(np.log2(heads["context_len"].clip(lower=1))).astype(int)
     table = _ratio(heads, ["method", "phase", "length_bin"], "kept_elements", "dense_elements",
                    "kept_fraction")
-    phases = sorted(table["phase"].unique())
-    fig, axes = subplots(len(phases))
-    for ax, phase in zip(axes, phases):
-        for method, t in table[table["phase"] == phase].groupby("method"):
-            ax.plot(t["length_bin"], t["kept_fraction"], marker="o", label=method)
-        ax.set(title=phase, xlabel="causal length n (bin upper edge)", ylabel="kept fraction",
-               xscale="log", yscale="log")
-        ax.legend(fontsize=7)
+    fig = _phase_panels(table, "length_bin", "causal length n (bin upper edge)", xscale="log")
     return Figure("kept_fraction_by_length", "Kept attention elements against sequence length",
                   "Prefill rows binned by the tile's last row (power-of-two bins); decode rows by context "
                   "length N. Longer rows keep a smaller fraction because Top-θ and top-k keep about k.",

@@ -80,20 +80,34 @@ def cost_by_device(sources, df: pd.DataFrame) -> Figure:
                   "simulated", provenance(sources, df), png_bytes(fig), table[cols])
 
 
-def speedup_vs_context(sources, df: pd.DataFrame) -> Figure:
-    table, fixed = reference_slice(df, ("context",))
-    table = table[table["engine_method"] != "dense"]
+def _device_panels(table: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, scale: float = 1.0,
+                   extra=None, yscale: str = "linear"):
+    """One panel per device, one line per method; ``extra(ax, rows_of_device)`` adds to a panel."""
     devices = sorted(table["device"].unique())
     fig, axes = subplots(len(devices))
     for ax, device in zip(axes, devices):
-        for method, t in table[table["device"] == device].groupby("method"):
-            line, = ax.plot(t["context"], t["speedup_vs_dense"], marker="o", label=f"{method} vs dense")
-            if t["speedup_vs_topk"].notna().any() and (t["engine_method"] != "topk").all():
-                ax.plot(t["context"], t["speedup_vs_topk"], ls="--", color=line.get_color(),
-                        label=f"{method} vs top-k")
-        ax.axhline(1.0, color="grey", lw=0.6)
-        ax.set(title=device, xlabel="context length N", ylabel="speedup", xscale="log")
+        t_dev = table[table["device"] == device]
+        for method, t in t_dev.groupby("method"):
+            line, = ax.plot(t[x], t[y] * scale, marker="o", label=f"{method}")
+            if extra:
+                extra(ax, t, line)
+        if y.startswith("speedup"):
+            ax.axhline(1.0, color="grey", lw=0.6)
+        ax.set(title=device, xlabel=xlabel, ylabel=ylabel, xscale="log", yscale=yscale)
         ax.legend(fontsize=7)
+    return fig
+
+
+def _vs_topk(ax, t, line) -> None:
+    if t["speedup_vs_topk"].notna().any() and (t["engine_method"] != "topk").all():
+        ax.plot(t["context"], t["speedup_vs_topk"], ls="--", color=line.get_color(),
+                label=f"{t['method'].iloc[0]} vs top-k")
+
+
+def speedup_vs_context(sources, df: pd.DataFrame) -> Figure:
+    table, fixed = reference_slice(df, ("context",))
+    table = table[table["engine_method"] != "dense"]
+    fig = _device_panels(table, "context", "speedup_vs_dense", "context length N", "speedup", extra=_vs_topk)
     return Figure("speedup_vs_context", "Speedup against dense and against top-k",
                   f"Dense time over method time (solid) and top-k time over method time (dashed, same k), "
                   f"at {_fixed_text(fixed)}. Above 1: the method is faster.",
@@ -102,21 +116,17 @@ def speedup_vs_context(sources, df: pd.DataFrame) -> Figure:
                          "speedup_vs_dense", "speedup_vs_topk"]])
 
 
+def _dense_roofline(ax, t, line) -> None:
+    if (t["engine_method"] == "dense").all():
+        roofline = t["bytes_total"] / (t["hbm_bandwidth_GBps"] * 1e9) * 1e6
+        ax.plot(t["bandwidth_scale"], roofline, ls=":", color="black", label="dense roofline (datasheet)")
+
+
 def bandwidth_whatif(sources, df: pd.DataFrame) -> Figure:
     """Latency against HBM bandwidth scale, with the datasheet roofline of the dense call beside it."""
     table, fixed = reference_slice(df, ("bandwidth_scale",))
-    devices = sorted(table["device"].unique())
-    fig, axes = subplots(len(devices))
-    for ax, device in zip(axes, devices):
-        t_dev = table[table["device"] == device]
-        for method, t in t_dev.groupby("method"):
-            ax.plot(t["bandwidth_scale"], t["time_s"] * 1e6, marker="o", label=method)
-        dense = t_dev[t_dev["engine_method"] == "dense"]
-        roofline = dense["bytes_total"] / (dense["hbm_bandwidth_GBps"] * 1e9) * 1e6
-        ax.plot(dense["bandwidth_scale"], roofline, ls=":", color="black", label="dense roofline (datasheet)")
-        ax.set(title=device, xlabel="HBM bandwidth × datasheet", ylabel="latency (µs)", xscale="log",
-               yscale="log")
-        ax.legend(fontsize=7)
+    fig = _device_panels(table, "bandwidth_scale", "time_s", "HBM bandwidth × datasheet", "latency (µs)",
+                         scale=1e6, extra=_dense_roofline, yscale="log")
     table = table.assign(roofline_time_s=table["bytes_total"] / (table["hbm_bandwidth_GBps"] * 1e9))
     return Figure("bandwidth_whatif", "What if HBM bandwidth changed?",
                   f"Simulated latency as HBM bandwidth is scaled, at {_fixed_text(fixed)}; dotted: the "
@@ -130,15 +140,8 @@ def bandwidth_whatif(sources, df: pd.DataFrame) -> Figure:
 def page_size_effect(sources, df: pd.DataFrame) -> Figure:
     table, fixed = reference_slice(df, ("page_size",))
     table = table[table["engine_method"] != "dense"]
-    devices = sorted(table["device"].unique())
-    fig, axes = subplots(len(devices))
-    for ax, device in zip(axes, devices):
-        for method, t in table[table["device"] == device].groupby("method"):
-            ax.plot(t["page_size"], t["speedup_vs_dense"], marker="o", label=method)
-        ax.axhline(1.0, color="grey", lw=0.6)
-        ax.set(title=device, xlabel="KV fetch granularity (tokens per page; 1 = row)",
-               ylabel="speedup vs dense", xscale="log")
-        ax.legend(fontsize=7)
+    fig = _device_panels(table, "page_size", "speedup_vs_dense",
+                         "KV fetch granularity (tokens per page; 1 = row)", "speedup vs dense")
     return Figure("page_size_effect", "What fetch granularity costs the sparse methods",
                   f"Speedup against dense as the KV page grows, at {_fixed_text(fixed)}: a page is read if "
                   "it holds one needed row.", "simulated", provenance(sources, df), png_bytes(fig),

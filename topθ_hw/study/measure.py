@@ -7,6 +7,7 @@ hash of its inputs; a resumed study reuses them.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from topθ_hw.study import parts
 from topθ_hw.study.kept import kept_fractions, kept_masks
 from topθ_hw.study.spec import Study, point_hash
+
+MEASURE_VERSION = 2  # bump when the measurement below changes; part of every point's hash
 
 
 @lru_cache(maxsize=8)
@@ -32,8 +35,9 @@ def calibrated_table(trace_path: str, trace_id: str, k: int, placement: str, sig
 
 
 def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: dict):
-    """The engine's statistics for one method and k on the trace's evaluation sequences (by
-    default those not calibrated on)."""
+    """The engine's statistics for one method and k on the trace's evaluation sequences: by
+    default every sequence but the first (which Top-θ calibrates on), for every method alike, so
+    top-k and Top-θ are compared on the same text."""
     from topθ_hw.engine import TopK, TopTheta
     from topθ_hw.engine.run import replay_trace
     from topθ_hw.store import open_trace
@@ -46,8 +50,12 @@ def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: d
                                  tuple(sparsity["calibration_sequences"]))
         method = TopTheta(thresholds=table, placement=placement, capk=spec.get("capk", False),
                           sdc=spec.get("sdc", "none"), vmc=spec.get("vmc", False))
-    stats, _ = replay_trace(open_trace(trace_path), method, sequences=sparsity["evaluation_sequences"] or None,
-                            layers=sparsity["layers"] or None)
+    trace = open_trace(trace_path)
+    sequences = sparsity["evaluation_sequences"] or trace.sequences[1:] or trace.sequences
+    options = {"sequences": sequences, "layers": sparsity["layers"] or None}
+    if "decode_only" in inspect.signature(replay_trace).parameters:
+        options["decode_only"] = True  # a study reads decode statistics only; prefill is most of the work
+    stats, _ = replay_trace(trace, method, **options)
     return stats
 
 
@@ -61,7 +69,8 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr
     for (trace, method, k), contexts in sorted(needed.items()):
         task = next(t for t in tasks if (t["trace"], t["method"], t["k"]) == (trace, method, k))
         key = point_hash({"trace": task["trace_id"], "method": study.methods[method], "k": k,
-                          "sparsity": study.sparsity, "contexts": sorted(contexts)})
+                          "sparsity": study.sparsity, "contexts": sorted(contexts),
+                          "measure_version": MEASURE_VERSION})
         cached = cache_dir / f"kept-{key}.json"
         if cached.exists():
             out[(trace, method, k)] = _decode(parts.read_json(cached))

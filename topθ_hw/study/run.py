@@ -13,6 +13,7 @@ from topθ_hw.errors import UserError
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
 from topθ_hw.study.kept import kept_fraction
+from topθ_hw.study.measure import MEASURE_VERSION, measure_all
 from topθ_hw.study.runner import run_tasks
 from topθ_hw.study.spec import Study, load_study, point_hash
 from topθ_hw.tables import write_table
@@ -68,7 +69,7 @@ def build_tasks(study: Study) -> list[dict]:
                 "kernel": study.kernel, "method_spec": spec}
         task["device_numbers"] = device_fingerprint(device_for(task))
         task["point_hash"] = point_hash({**task, "point_index": None, "trace_path": None,
-                                         "sparsity": study.sparsity})
+                                         "sparsity": study.sparsity, "measure_version": MEASURE_VERSION})
         tasks.append(task)
     return tasks
 
@@ -90,8 +91,6 @@ def attach_kept(tasks: list[dict], measured: dict[tuple, dict]) -> None:
 def run_study(study_path, out, scheduler: str | None = None, workers: int = 2,
               progress: bool = True, log=sys.stderr) -> pd.DataFrame:
     """Run (or resume) a study; returns and writes the results table to ``out``."""
-    from topθ_hw.study.measure import measure_all
-
     study = validate(study_path)
     tasks = build_tasks(study)
     done = parts.finished_rows(out)
