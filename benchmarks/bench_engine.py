@@ -109,6 +109,14 @@ def torch_replay(layer, theta_rows, row_start):
     return err, kept, dropped, tiles.sum(-1), pages
 
 
+def torch_decode_per_step(layer, theta_rows, row_start):
+    """Torch eager one decode step at a time, as generation (and the reference code) computes it."""
+    for t in range(row_start, layer.q.shape[1]):
+        one = LayerQKV(q=layer.q[:, : t + 1], k=layer.k[:, : t + 1], v=layer.v[:, : t + 1],
+                       positions=layer.positions[: t + 1], scaling=layer.scaling, sliding_window=None)
+        torch_replay(one, theta_rows[:, : t + 1], t)
+
+
 def blas_floor(layer, row_start, chunk=512):
     """Only the causal QKᵀ and P·V products, chunked like the engine, into reused buffers."""
     q, k, v = layer.q, layer.k, layer.v
@@ -183,7 +191,7 @@ def peak_memory_child(n_rows):
 
 def report(name, engine, eager, floor):
     (ew, ec), (tw, tc), (fw, fc) = engine, eager, floor
-    print(f"{name:8s} wall: engine {ew:7.3f} s | torch eager {tw:7.3f} s ({tw / ew:5.1f}x) | BLAS floor {fw:7.3f} s "
+    print(f"{name}\n{'':8s} wall: engine {ew:7.3f} s | torch eager {tw:7.3f} s ({tw / ew:5.1f}x) | BLAS floor {fw:7.3f} s "
           f"(engine {ew / fw:4.2f}x floor)")
     print(f"{'':8s} cpu:  engine {ec:7.3f} s | torch eager {tc:7.3f} s ({tc / ec:5.1f}x) | BLAS floor {fc:7.3f} s "
           f"(engine {ec / fc:4.2f}x floor)")
@@ -219,8 +227,12 @@ def main() -> int:
     dec_theta = np.full((dec.q.shape[0], dec.q.shape[1]), np.nan)
     dec_theta[:, n_ctx:] = np.nanmedian(theta[:, -256:])   # a typical late-row threshold of this layer
     dec_method = method_for(dec, dec_theta)
-    report(f"decode {steps} steps at {n_ctx}", timed(lambda: replay_layer(dec, dec_method, 0, n_ctx, decode_only=True), 3),
-           timed(lambda: torch_replay(dec, dec_theta, n_ctx), 3), timed(lambda: blas_floor(dec, n_ctx), 3))
+    engine = timed(lambda: replay_layer(dec, dec_method, 0, n_ctx, decode_only=True), 3)
+    floor = timed(lambda: blas_floor(dec, n_ctx), 3)
+    report(f"decode {steps} steps at {n_ctx}, torch batched over steps", engine,
+           timed(lambda: torch_replay(dec, dec_theta, n_ctx), 3), floor)
+    report(f"decode {steps} steps at {n_ctx}, torch one step at a time", engine,
+           timed(lambda: torch_decode_per_step(dec, dec_theta, n_ctx), 1), floor)
 
     cal = timed(lambda: row_thresholds(layer, 0, n_pre, K, False), 2)
     every = 16

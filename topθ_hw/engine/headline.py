@@ -18,6 +18,9 @@ from topθ_hw.engine.methods import TopK, TopTheta
 from topθ_hw.engine.run import replay_trace
 
 
+FRACTIONS = ["prefill_elements_kept", "decode_elements_kept", "decode_v_rows_kept"]
+
+
 def fractions(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Prefill elements kept, decode elements kept (per head) and decode V rows kept (per KV group)."""
     heads = frame[frame.level == "head"]
@@ -25,11 +28,11 @@ def fractions(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     groups = frame[(frame.level == "group") & (frame.phase == "decode")]
 
     def ratio(df, num, den, name):
-        g = df.groupby(by)[[num, den]].sum() if by else df[[num, den]].sum().to_frame().T
+        g = df.groupby(by, observed=True)[[num, den]].sum() if by else df[[num, den]].sum().to_frame().T
         return (g[num].astype(float) / g[den].astype(float)).rename(name)
 
     def mean(df, col, name):
-        return (df.groupby(by)[col].mean() if by else pd.Series([df[col].mean()])).rename(name)
+        return (df.groupby(by, observed=True)[col].mean() if by else pd.Series([df[col].mean()])).rename(name)
 
     parts = [ratio(pre, "kept_elements", "dense_elements", "prefill_elements_kept"),
              ratio(dec, "kept_elements", "dense_elements", "decode_elements_kept"),
@@ -39,14 +42,21 @@ def fractions(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def length_bins(frame: pd.DataFrame) -> pd.Series:
-    edges = 2 ** np.arange(4, 20)
+    """Context length → power-of-two bin label '(lo, hi]', ordered by length."""
+    edges = 2 ** np.arange(4, 24)
     idx = np.searchsorted(edges, frame["context_len"].to_numpy(np.int64), side="left")
-    lo = np.where(idx > 0, edges[np.maximum(idx - 1, 0)] + 1, 1)
-    return pd.Series([f"{a}-{b}" for a, b in zip(lo, edges[idx])], index=frame.index)
+    lo = np.where(idx > 0, edges[np.maximum(idx - 1, 0)], 0)
+    labels = [f"{a + 1}-{b}" for a, b in zip(lo, edges[idx])]
+    order = sorted(set(labels), key=lambda s: int(s.split("-")[0]))
+    return pd.Series(pd.Categorical(labels, categories=order, ordered=True), index=frame.index)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    def cell(v):
+        if isinstance(v, float):
+            return "–" if np.isnan(v) else f"{v:.4f}"
+        return str(v)
+    cells = [[cell(v) for v in row] for row in df.itertuples(index=False)]
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
@@ -64,7 +74,7 @@ def headline(trace, ks, out_dir, calibrate_on=None, evaluate_on=None, layer_k=No
             tag = {"k": k, "method": method.name}
             overall.append(fractions(frame, []).assign(**tag))
             per_layer.append(fractions(frame, ["layer"]).assign(**tag))
-            per_length.append(fractions(frame, ["length_bin"]).assign(**tag))
+            per_length.append(fractions(frame, ["length_bin"]).dropna(how="all", subset=FRACTIONS).assign(**tag))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

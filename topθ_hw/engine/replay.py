@@ -18,7 +18,8 @@ from topθ_hw.engine.kernels import PAGE_SIZES, group_union, mask_and_max, softm
 from topθ_hw.engine.methods.base import AttentionMethod, ScoreBlock
 
 TILE = 64
-SCORE_BUDGET = 1 << 20   # float32 elements per score block (4 MiB, probs twice that: stays near L2)
+SCORE_BUDGET = 1 << 20   # float32 elements per prefill score block (4 MiB, probs twice that: near L2)
+DECODE_BUDGET = 1 << 22  # decode blocks may be larger: more steps per block stream K fewer times
 MAX_CHUNK_ROWS = 512
 SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers kept V rows instead of a GEMM
 ROW_FIELDS = ("kept", "n_valid", "empty", "dropped_mass", "kept_weight", "err2", "ref2", "dot", "out2")
@@ -68,7 +69,7 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
     step = 1 if stateful else TILE
     while t < n_rows:
         t1 = min(t + step, n_rows)
-        while t1 - t > 1 and group * (t1 - t) * width(t, t1) > SCORE_BUDGET:
+        while t1 - t > 1 and group * (t1 - t) * width(t, t1) > DECODE_BUDGET:
             t1 = t + (t1 - t) // 2
         chunks.append(Chunk(t, t1, "decode", [(s, s + 1) for s in range(t, t1)]))
         t = t1
