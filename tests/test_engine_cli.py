@@ -116,3 +116,12 @@ def test_lookup_nearest_interp_and_extrapolation(trace):
     assert np.isfinite(fit).all() and not np.allclose(fit[:, 2], th[:, -1])
     with pytest.raises(UserError, match="lookup"):
         TopTheta(table, lookup="cubic")
+
+
+def test_decode_only_replay_gives_the_same_decode_statistics(trace):
+    full, _ = replay_trace(trace, TopK(k=8), ["seq_0001"])
+    fast, meta = replay_trace(trace, TopK(k=8), ["seq_0001"], decode_only=True)
+    assert set(fast.phase) == {"decode"} and meta["phases"] == ["decode"]
+    decode = full[full.phase == "decode"].reset_index(drop=True)
+    cols = ["layer", "head", "level", "step", "kept_elements", "kept_v_rows", "pages_needed_16", "kept_v_mask"]
+    assert decode[cols].equals(fast[cols].reset_index(drop=True))

@@ -165,3 +165,38 @@ def test_real_trace_calibration_rows_replay_to_k():
     assert (sparse <= 32).all() and (sparse == 32).mean() > 0.99
     assert REAL_TRACE  # the layer above came from the shipped trace
     assert isinstance(Dense(), METHODS["dense"])
+
+
+def test_stateful_methods_see_decode_rows_one_at_a_time_in_order():
+    """The seam H2O needs: per-sequence state, one decode row per block in order, final weights observed."""
+    from dataclasses import dataclass
+
+    from topθ_hw.engine.methods.base import AttentionMethod, Selection, valid_keep
+
+    @dataclass
+    class AccumulatedAttention(AttentionMethod):   # H2O's bookkeeping without its eviction rule
+        def __post_init__(self):
+            self.name, self.stateful = "accumulated", True
+
+        def begin_sequence(self, seq):
+            return {"rows": [], "mass": None}
+
+        def select(self, block, layer_ctx, state):
+            return Selection(keep=valid_keep(block))
+
+        def observe(self, block, weights, state):
+            if state["mass"] is None:
+                state["mass"] = np.zeros(200)
+            state["rows"].append((block.phase, block.rows.tolist()))
+            state["mass"][block.key_lo:block.key_lo + weights.shape[1]] += weights.sum(0)
+
+    layer = LayerQKV(q=np.random.default_rng(0).standard_normal((2, 200, 8)).astype(np.float32),
+                     k=np.random.default_rng(1).standard_normal((1, 200, 8)).astype(np.float32),
+                     v=np.random.default_rng(2).standard_normal((1, 200, 8)).astype(np.float32),
+                     positions=np.arange(200), scaling=8 ** -0.5, sliding_window=None)
+    method = AccumulatedAttention()
+    state = method.begin_sequence(None)
+    replay_layer(layer, method, 0, 150, state)
+    decode = [rows for phase, rows in state["rows"] if phase == "decode"]
+    assert decode == [[t] for t in range(150, 200)]
+    np.testing.assert_allclose(state["mass"].sum(), 2 * 200, rtol=1e-5)   # every row's weights sum to 1

@@ -43,6 +43,7 @@ class LayerResult:
     tiles: list[dict] = field(default_factory=list)   # kv_group, row_start, row_end, phase, counts
     out_sparse: np.ndarray | None = None              # [H_q, T, d] when keep_outputs
     out_dense: np.ndarray | None = None
+    decode_only: bool = False                         # prefill rows were skipped
 
 
 def row_ranges(rows: np.ndarray, window: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +96,8 @@ def replay_layer(qkv, method: AttentionMethod, layer: int, prompt_len: int, stat
     group = n_heads // n_groups
     window = qkv.sliding_window
     ctx = method.prepare_layer(layer, qkv)
-    res = LayerResult(layer, prompt_len, {f: np.zeros((n_heads, n_rows)) for f in ROW_FIELDS})
+    res = LayerResult(layer, prompt_len, {f: np.zeros((n_heads, n_rows)) for f in ROW_FIELDS},
+                      decode_only=decode_only)
     if keep_outputs:
         res.out_sparse = np.zeros((n_heads, n_rows, d), np.float32)
         res.out_dense = np.zeros((n_heads, n_rows, d), np.float32)

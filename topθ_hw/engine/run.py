@@ -41,8 +41,11 @@ def stats_meta(trace, method: AttentionMethod, sequences: list[str]) -> dict:
 
 
 def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = None, layers=None,
-                 progress=None) -> tuple[pd.DataFrame, dict]:
-    """Replay ``method`` on every (sequence, layer); ``progress`` is tqdm-like or None."""
+                 progress=None, decode_only: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Replay ``method`` on every (sequence, layer); ``progress`` is tqdm-like or None.
+
+    ``decode_only`` skips prefill rows (most of the work) when only decode statistics are needed.
+    """
     method.check(trace.meta, str(trace.path))
     sequences = evaluation_sequences(trace, method, sequences)
     layers = list(range(trace.meta.n_layers)) if layers is None else list(layers)
@@ -54,10 +57,11 @@ def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = N
         seq = trace.sequence(name)
         state = method.begin_sequence(seq)
         for layer in layers:
-            res = replay_layer(seq.layer(layer), method, layer, seq.prompt_len, state)
+            res = replay_layer(seq.layer(layer), method, layer, seq.prompt_len, state, decode_only=decode_only)
             frames.append(layer_frame(res, group, name))
             bar and bar.update()
     bar and bar.close()
     meta = stats_meta(trace, method, sequences)
+    meta["phases"] = ["decode"] if decode_only else ["prefill", "decode"]
     meta.update(method.report())
     return pd.concat(frames, ignore_index=True), meta

@@ -24,6 +24,10 @@ def segment_starts(prompt_len: int, n_rows: int) -> np.ndarray:
     return np.concatenate([np.arange(0, prompt_len, TILE), np.arange(prompt_len, n_rows)]).astype(np.int64)
 
 
+def drop_skipped(frame: pd.DataFrame, res: LayerResult) -> pd.DataFrame:
+    return frame[frame["phase"] == "decode"].reset_index(drop=True) if res.decode_only else frame
+
+
 def head_frame(res: LayerResult, group: int) -> pd.DataFrame:
     r = res.rows
     n_heads, n_rows = r["kept"].shape
@@ -70,7 +74,9 @@ def group_frame(res: LayerResult, group: int) -> pd.DataFrame:
 
 
 def layer_frame(res: LayerResult, group: int, sequence: str) -> pd.DataFrame:
-    frame = pd.concat([head_frame(res, group), group_frame(res, group)], ignore_index=True)
+    heads = drop_skipped(head_frame(res, group), res)
+    frame = pd.concat([heads, group_frame(res, group)], ignore_index=True) if res.tiles else heads.assign(
+        kept_v_mask=b"")
     frame.insert(0, "sequence", sequence)
     frame["kept_v_mask"] = frame["kept_v_mask"].where(frame["kept_v_mask"].notna(), b"")
     for col in INT_COLUMNS:

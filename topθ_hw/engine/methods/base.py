@@ -100,7 +100,10 @@ class AttentionMethod:
         raise NotImplementedError
 
     def observe(self, block: ScoreBlock, weights: np.ndarray, state) -> None:
-        """Stateful methods see the final sparse weights [G*R, m] of every block, in row order."""
+        """Stateful methods see the final sparse weights [G*R, m] of every block, in row order.
+
+        ``weights`` is a view into a buffer the engine reuses: copy what must outlive the call.
+        """
 
     def report(self) -> dict:
         """Extra facts for the statistics' metadata after a replay (e.g. extrapolated rows)."""
