@@ -1,4 +1,5 @@
-"""The one interface every sparse-attention method implements (kvpress spirit: the method only
+"""The one interface every sparse-attention method implements (see ../METHODS.md for how top-p,
+Quest, StreamingLLM and H2O plug in) (kvpress spirit: the method only
 decides *what to keep* and *how to renormalise*; the engine scores, normalises, multiplies by V,
 measures error and counts hardware units, identically for every method).
 
