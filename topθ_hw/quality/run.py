@@ -9,7 +9,7 @@ from pathlib import Path
 from topθ_hw.errors import UserError
 
 from .settings import DEFAULT_KS, build_settings, parse_variant
-from .thresholds import check_model, load_live_thresholds
+from .thresholds import check_identity, check_model, load_live_thresholds
 
 
 def artifact_paths(items: list[str]) -> list[Path]:
@@ -44,10 +44,13 @@ def read_texts(paths: list[str]) -> str:
 
 
 def load_checked(args, placement: str | None = None):
-    """Artifacts and model, with every cross-check done before any evaluation starts."""
-    from topθ_hw.capture.models import load_model
+    """Artifacts and model, every cross-check done before the model loads or any evaluation starts."""
+    from topθ_hw.capture.models import load_model, resolve, weights_sha256
 
     tables = [load_live_thresholds(p, args.lookup, args.extrapolate) for p in artifact_paths(args.thresholds)]
+    sha256 = weights_sha256(resolve(args.model))
+    for t in tables:
+        check_identity(t, args.model, sha256, placement)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

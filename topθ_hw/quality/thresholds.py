@@ -96,18 +96,23 @@ def load_live_thresholds(path, lookup: str = "interp", extrapolate: str = "hold"
     return LiveThresholds(load_thresholds(path), lookup, extrapolate)
 
 
-def check_model(thresholds: LiveThresholds, loaded, placement: str | None = None) -> None:
-    """Refuse thresholds calibrated on another model (weights hash), shape or placement."""
+def check_identity(thresholds: LiveThresholds, model_id: str, sha256: str, placement: str | None = None) -> None:
+    """Refuse thresholds calibrated on other weights (sha256 of the model file) or for another placement."""
     meta, where = thresholds.table.meta, thresholds.source
-    if meta.get("model_file_sha256") != loaded.sha256:
+    if meta.get("model_file_sha256") != sha256:
         raise UserError(f"{where}: field 'model_file_sha256' is {str(meta.get('model_file_sha256'))[:12]}… "
-                        f"(model {meta.get('model_id')!r}), but --model {loaded.model_id!r} has weights "
-                        f"{loaded.sha256[:12]}…; calibrate on traces of this model")
-    config = loaded.model.config
-    expected = (config.num_hidden_layers, config.num_attention_heads)
-    if tuple(thresholds.table.theta.shape[:2]) != expected:
-        raise UserError(f"{where}: field 'theta' has [layers, heads] {tuple(thresholds.table.theta.shape[:2])}, "
-                        f"expected {expected} for {loaded.model_id!r}")
+                        f"(model {meta.get('model_id')!r}), but --model {model_id!r} has weights "
+                        f"{sha256[:12]}…; calibrate on traces of this model")
     if placement is not None and placement != thresholds.placement:
         raise UserError(f"{where}: field 'placement' is {thresholds.placement!r}, but {placement!r} was asked "
                         "for; thresholds are in different units per placement")
+
+
+def check_model(thresholds: LiveThresholds, loaded, placement: str | None = None) -> None:
+    """check_identity plus the loaded model's shape: [layers, query heads] of θ."""
+    check_identity(thresholds, loaded.model_id, loaded.sha256, placement)
+    config = loaded.model.config
+    expected = (config.num_hidden_layers, config.num_attention_heads)
+    if tuple(thresholds.table.theta.shape[:2]) != expected:
+        raise UserError(f"{thresholds.source}: field 'theta' has [layers, heads] "
+                        f"{tuple(thresholds.table.theta.shape[:2])}, expected {expected} for {loaded.model_id!r}")
