@@ -141,9 +141,9 @@ def calibrate(trace, sequences, k: int, layer_k: str | None = None, placement: s
         raise UserError(f"{trace.path}: no row of {sequences} is longer than k (k per layer {ks.tolist()}); "
                         "nothing to calibrate")
     info = {"model_id": meta.model_id, "model_file_sha256": meta.model_file_sha256, "placement": placement,
-            "sigma": float(sigma), "k": int(k), "layer_k_spec": layer_k or "", "trace": str(trace.path),
+            "sigma": float(sigma), "k": int(k), "layer_k": ks.tolist(), "layer_k_spec": layer_k or "", "trace": str(trace.path),
             "sequences": list(sequences), "sources": [s.source for s in readers],
-            "rows_calibrated": int(count.sum()), "n_layers": meta.n_layers, "n_q_heads": meta.n_q_heads,
+            "rows_calibrated": int(count.sum()), "rows_per_layer": count.sum(axis=(1, 2)).tolist(), "n_layers": meta.n_layers, "n_q_heads": meta.n_q_heads,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "package_version": __version__}
     return ThresholdTable(lengths=lengths.astype(np.int64), theta=theta[..., keep], theta_std=std[..., keep],
