@@ -25,6 +25,8 @@ from topθ_hw.engine import TopK, TopTheta
 from topθ_hw.engine.run import replay_trace
 from topθ_hw.errors import UserError
 from topθ_hw.report import build_report
+from topθ_hw.sim import load_device
+from topθ_hw.sim.stats import simulate_stats
 from topθ_hw.store import open_trace
 from topθ_hw.study.measure import calibrated_table
 from topθ_hw.study.run import run_study, trace_identity
@@ -67,33 +69,46 @@ def report_inputs(tmp_path_factory) -> list[Path]:
     for name, method in (("topk", TopK(k=64)), ("toptheta", TopTheta(thresholds=table))):
         stats, meta = replay_trace(trace, method, layers=LAYERS)
         paths.append(write_table(stats, out / f"{name}.parquet", meta))
+    device = load_device("h100")  # the real masks of the Top-θ replay, simulated step by step
+    steps = simulate_stats(stats, meta, device)
+    paths.append(write_table(steps, out / "sim.parquet", {"kind": "sim-results", "device": device.name,
+                                                          "device_file": device.path, "fetch": "row"}))
     (out / "study.toml").write_text(STUDY)
     run_study(out / "study.toml", out / "study.parquet", workers=0, progress=False)
     return paths + [out / "study.parquet"]
 
 
-def test_report_files_and_provenance(report_inputs, tmp_path):
-    index = build_report(report_inputs, tmp_path)
+@pytest.fixture(scope="module")
+def report_dir(report_inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    build_report(report_inputs, out)
+    return out
+
+
+def test_report_files_and_provenance(report_dir):
+    out, index = report_dir, report_dir / "index.html"
     names = {"theta_curves", "kept_fraction_by_layer", "kept_fraction_by_length", "v_row_and_page_occupancy",
-             "cost_by_device", "speedup_vs_context", "bandwidth_whatif", "page_size_effect"}
+             "cost_by_device", "speedup_vs_context", "bandwidth_whatif", "page_size_effect",
+             "decode_step_on_real_masks"}
     for name in names:
-        assert (tmp_path / f"{name}.png").stat().st_size > 1000
-        assert len(pd.read_csv(tmp_path / f"{name}.csv")) > 0
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert len(pd.read_csv(out / f"{name}.csv")) > 0
     html = index.read_text()
     assert html.count("data:image/png;base64,") == len(names) and 'src="http' not in html
     # every figure names the kind of its numbers and the files they come from
     for prov, file in (("measured", "thresholds.safetensors"), ("measured", "topk.parquet"),
-                       ("simulated", "study.parquet"), ("simulated + datasheet", "hbm_bandwidth_GBps")):
+                       ("simulated", "study.parquet"), ("simulated + datasheet", "hbm_bandwidth_GBps"),
+                       ("simulated", "sim.parquet")):
         assert f"<b>{prov}</b>" in html and file in html
-    md = (tmp_path / "report.md").read_text()
+    md = (out / "report.md").read_text()
     assert md.count("![") == len(names) and "speedup" in md
+    assert (out / "sim-steps-sim.csv").exists()
 
 
-def test_report_numbers_match_the_study(report_inputs, tmp_path):
+def test_report_numbers_match_the_study(report_inputs, report_dir):
     """The speedup table is computed from the study's own rows: dense time / method time."""
-    build_report(report_inputs, tmp_path)
     study, _ = read_table(report_inputs[-1], kind="study-results")
-    speedups = pd.read_csv(tmp_path / "speedup_vs_context.csv")
+    speedups = pd.read_csv(report_dir / "speedup_vs_context.csv")
     row = speedups[(speedups["method"] == "toptheta") & (speedups["device"] == "h100")].iloc[-1]
     match = study[(study["device"] == "h100") & (study["context"] == row["context"]) &
                   (study["page_size"] == 1) & (study["bandwidth_scale"] == 1.0) & (study["batch"] == 1)]
@@ -203,8 +218,8 @@ def console_errors(events: list[dict]) -> list[str]:
 
 
 @needs_chromium
-def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
-    index = build_report(report_inputs, tmp_path / "report")
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    index = report_dir / "index.html"
     browser = DevTools(tmp_path / "profile")
     try:
         session = open_page(browser, index.resolve().as_uri())
@@ -217,7 +232,7 @@ def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
         errors = console_errors(browser.events)
     finally:
         browser.close()
-    screenshot = tmp_path / "report" / "screenshot.png"
+    screenshot = report_dir / "screenshot.png"
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert page["title"].startswith("Top-θ")
     assert page["figures"] >= 7 and len(page["images"]) == page["figures"]

@@ -15,6 +15,7 @@ import pandas as pd
 from topθ_hw.report.inputs import Inputs, load_inputs
 from topθ_hw.report.measured import kept_by_layer, kept_by_length, method_label, occupancy, theta_curves
 from topθ_hw.report.render import write_report
+from topθ_hw.report.replayed import decode_steps
 from topθ_hw.report.simulated import study_figures, study_frame
 
 __all__ = ["build_report"]
@@ -28,6 +29,9 @@ def build_report(results_paths, out_dir, title: str = "Top-θ attention: hardwar
     stats = inputs.of_kind("engine-stats")
     if stats:
         figures += [kept_by_layer(stats), kept_by_length(stats), occupancy(stats)]
+    simulated = inputs.of_kind("sim-results")
+    if simulated and (f := decode_steps(simulated)) is not None:
+        figures.append(f)
     studies = inputs.of_kind("study-results")
     if studies:
         figures += study_figures(studies)
@@ -37,10 +41,10 @@ def build_report(results_paths, out_dir, title: str = "Top-θ attention: hardwar
 
 
 def input_tables(inputs: Inputs) -> dict[str, pd.DataFrame]:
-    """Tables shown as they are: quality evaluations and simulator outputs."""
-    tables = {}
-    for s in inputs.of_kind("quality") + inputs.of_kind("sim-results"):
-        tables[f"{s.kind}-{s.path.stem}"] = s.frame
+    """Tables shown as they are: quality evaluations and the simulator's whole-model steps."""
+    tables = {f"quality-{s.path.stem}": s.frame for s in inputs.of_kind("quality")}
+    for s in inputs.of_kind("sim-results"):
+        tables[f"sim-steps-{s.path.stem}"] = s.frame[s.frame["scope"] == "step"]
     return tables
 
 

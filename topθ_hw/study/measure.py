@@ -12,6 +12,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from tqdm import tqdm
+
 from topθ_hw.study import parts
 from topθ_hw.study.kept import kept_fractions, kept_masks
 from topθ_hw.study.spec import Study, point_hash
@@ -34,7 +36,7 @@ def calibrated_table(trace_path: str, trace_id: str, k: int, placement: str, sig
     return calibrate(trace, list(sequences) or trace.sequences[:1], k=k, placement=placement, sigma=sigma)
 
 
-def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: dict):
+def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: dict, progress=None):
     """The engine's statistics for one method and k on the trace's evaluation sequences: by
     default every sequence but the first (which Top-θ calibrates on), for every method alike, so
     top-k and Top-θ are compared on the same text."""
@@ -52,14 +54,15 @@ def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: d
                           sdc=spec.get("sdc", "none"), vmc=spec.get("vmc", False))
     trace = open_trace(trace_path)
     sequences = sparsity["evaluation_sequences"] or trace.sequences[1:] or trace.sequences
-    options = {"sequences": sequences, "layers": sparsity["layers"] or None}
+    options = {"sequences": sequences, "layers": sparsity["layers"] or None, "progress": progress}
     if "decode_only" in inspect.signature(replay_trace).parameters:
         options["decode_only"] = True  # a study reads decode statistics only; prefill is most of the work
     stats, _ = replay_trace(trace, method, **options)
     return stats
 
 
-def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr) -> dict[tuple, dict]:
+def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr,
+                progress: bool = False) -> dict[tuple, dict]:
     """(trace, method, k) → {"fractions": {context: {page: f}}, "measured_range": [lo, hi]}."""
     needed: dict[tuple, set] = {}
     for t in tasks:
@@ -76,7 +79,8 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr
             out[(trace, method, k)] = _decode(parts.read_json(cached))
             continue
         print(f"replaying {trace} with {method} (k = {k}) for kept fractions", file=log)
-        stats = replay_stats(task["trace_path"], task["trace_id"], study.methods[method], k, study.sparsity)
+        stats = replay_stats(task["trace_path"], task["trace_id"], study.methods[method], k, study.sparsity,
+                             progress=tqdm if progress else None)
         masks = kept_masks(stats, source=f"replay of {trace} with {method}, k = {k}")
         result = {"measured_range": list(masks.measured_range),
                   "fractions": {str(c): kept_fractions(masks, c) for c in sorted(contexts)}}

@@ -99,7 +99,7 @@ def run_study(study_path, out, scheduler: str | None = None, workers: int = 2,
     print(f"study {study.name}: {len(tasks)} points, {len(done)} already done, {len(todo)} to run",
           file=log)
     if todo:
-        counts = measure_all(study, todo, parts.parts_dir(out), log=log)
+        counts = measure_all(study, todo, parts.parts_dir(out), log=log, progress=progress)
         attach_kept(todo, counts)
         part_dir = parts.parts_dir(out)
         run_tasks(todo, evaluate_point, lambda rows: parts.write_part(part_dir, rows),
