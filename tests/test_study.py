@@ -69,6 +69,8 @@ def in_process(tmp_path_factory) -> pd.DataFrame:
     (("k = [32, 64]", "k = [0]"), "axes.k"),
     (("bandwidth_scale = [1.0, 2.0]", "bandwidth_scale = ['fast']"), "axes.bandwidth_scale"),
     ((f'trace = ["{TRACE}"]', 'trace = ["traces/nope.zarr"]'), "axes.trace"),
+    (("[axes]", "[kernel]\nq_heads = 30\nkv_heads = 8\n[axes]"), "kernel"),
+    (("[axes]", "[methods.mine]\nengine = 'quest'\n[axes]"), "methods.mine.engine"),
 ])
 def test_bad_study_is_refused_before_any_work(tmp_path, edit, key):
     path = write_study(tmp_path, STUDY.replace(*edit))

@@ -24,6 +24,7 @@ SIM_METHOD = {"dense": "dense", "topk": "topk", "toptheta": "toptheta"}
 def validate(study_path) -> Study:
     """Everything checked before any work starts: keys, axes, devices and traces."""
     from topθ_hw.sim.hardware import load_device
+    from topθ_hw.sim.workload import Shape
 
     def known_device(name: str) -> bool:
         try:
@@ -33,6 +34,10 @@ def validate(study_path) -> Study:
         return True
 
     study = load_study(study_path, known_device=known_device)
+    try:
+        Shape(**study.kernel)
+    except UserError as exc:
+        raise UserError(f"{study.path}: table [kernel]: {exc}") from None
     for trace in study.axes["trace"]:
         resolve_trace(study, trace)
     return study

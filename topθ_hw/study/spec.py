@@ -141,7 +141,8 @@ def _with_defaults(path, table, raw, defaults) -> dict:
 
 
 def _methods(path, raw) -> dict[str, dict]:
-    _check_keys(path, "methods", raw, set(raw))
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: 'methods' must be a table of [methods.NAME] tables")
     methods = dict(BUILTIN_METHODS)
     for name, table in raw.items():
         _check_table(path, f"methods.{name}", table, METHOD_KEYS)
