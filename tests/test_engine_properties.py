@@ -200,3 +200,15 @@ def test_stateful_methods_see_decode_rows_one_at_a_time_in_order():
     decode = [rows for phase, rows in state["rows"] if phase == "decode"]
     assert decode == [[t] for t in range(150, 200)]
     np.testing.assert_allclose(state["mass"].sum(), 2 * 200, rtol=1e-5)   # every row's weights sum to 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1024, 5000), st.integers(1, 300), st.sampled_from(["random", "increasing", "ties", "constant"]),
+       st.integers(0, 2**31))
+def test_kth_largest_is_exact_on_long_and_adversarial_rows(n, rank, kind, seed):
+    from topθ_hw.engine.calibrate import kth_largest
+    rng = np.random.default_rng(seed)
+    row = {"random": rng.standard_normal(n), "increasing": np.arange(n) * 0.5,
+           "ties": rng.integers(0, 5, n) * 1.0, "constant": np.full(n, 2.5)}[kind].astype(np.float32)
+    rank = min(rank, n)
+    assert kth_largest(row, rank) == np.sort(row)[::-1][rank - 1]
