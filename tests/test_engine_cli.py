@@ -125,3 +125,14 @@ def test_decode_only_replay_gives_the_same_decode_statistics(trace):
     decode = full[full.phase == "decode"].reset_index(drop=True)
     cols = ["layer", "head", "level", "step", "kept_elements", "kept_v_rows", "pages_needed_16", "kept_v_mask"]
     assert decode[cols].equals(fast[cols].reset_index(drop=True))
+
+
+def test_replay_layers_and_decode_only_options(trace, tmp_path):
+    out = tmp_path / "d.parquet"
+    assert main(["replay", "--traces", str(trace.path), "--method", "dense", "--layers", "1", "--decode-only",
+                 "--sequences", "seq_0000", "--out", str(out)]) == 0
+    frame, meta = read_table(out, kind="engine-stats")
+    assert set(frame.layer) == {1} and set(frame.phase) == {"decode"} and meta["phases"] == ["decode"]
+    assert (frame[frame.level == "group"].kept_v_rows == frame[frame.level == "group"].v_rows_total).all()
+    assert main(["replay", "--traces", str(trace.path), "--method", "dense", "--layers", "7",
+                 "--out", str(out)]) == 2

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
                      help="past the longest calibrated n: hold its θ or fit θ against log n")
     rep.add_argument("--sequences", default=None,
                      help="comma-separated sequences (default: all not used for calibration)")
+    rep.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    rep.add_argument("--decode-only", action="store_true",
+                     help="skip prefill rows (most of the work) when only decode statistics are needed")
     rep.add_argument("--out", required=True, help="output Parquet file")
     rep.set_defaults(func=run_replay)
 
@@ -116,12 +119,17 @@ def run_replay(args: argparse.Namespace) -> int:
 
     trace = open_trace(args.traces)
     method = build_method(args)
-    frame, meta = replay_trace(trace, method, names(args.sequences), progress=progress_bar())
+    layers = [int(x) for x in names(args.layers)] if args.layers else None
+    bad = [x for x in layers or [] if not 0 <= x < trace.meta.n_layers]
+    if bad:
+        from topθ_hw.errors import UserError
+        raise UserError(f"--layers: {bad} not in 0..{trace.meta.n_layers - 1} ({trace.path})")
+    frame, meta = replay_trace(trace, method, names(args.sequences), layers, progress_bar(), args.decode_only)
     write_table(frame, args.out, meta)
     heads = frame[frame.level == "head"]
     groups = frame[(frame.level == "group") & (frame.phase == "decode")]
     print(f"wrote {args.out}: {len(frame)} rows; sequences {meta['sequences']}; kept "
-          f"{heads.kept_elements.sum() / heads.dense_elements.sum():.3f} of attention elements, "
+          f"{heads.kept_elements.sum() / max(heads.dense_elements.sum(), 1):.3f} of attention elements, "
           f"{groups.kept_v_rows.sum() / max(groups.v_rows_total.sum(), 1):.3f} of decode V rows")
     if meta.get("extrapolated_rows"):
         print(f"note: {meta['extrapolated_rows']} (head, row) pairs lay past the longest calibrated length "

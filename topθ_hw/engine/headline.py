@@ -72,7 +72,10 @@ def headline(trace, ks, out_dir, calibrate_on=None, evaluate_on=None, layer_k=No
             frame, _ = replay_trace(trace, method, evaluate_on, progress=progress)
             frame["length_bin"] = length_bins(frame)
             tag = {"k": k, "method": method.name}
-            overall.append(fractions(frame, []).assign(**tag))
+            summary = fractions(frame, [])
+            summary["prefill_reduction_x"] = 1 / summary["prefill_elements_kept"]
+            summary["decode_v_rows_reduction_x"] = 1 / summary["decode_v_rows_kept"]
+            overall.append(summary.assign(**tag))
             per_layer.append(fractions(frame, ["layer"]).assign(**tag))
             per_length.append(fractions(frame, ["length_bin"]).dropna(how="all", subset=FRACTIONS).assign(**tag))
     out = Path(out_dir)
