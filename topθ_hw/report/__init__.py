@@ -42,7 +42,8 @@ def build_report(results_paths, out_dir, title: str = "Top-θ attention: hardwar
 
 def input_tables(inputs: Inputs) -> dict[str, pd.DataFrame]:
     """Tables shown as they are: quality evaluations and the simulator's whole-model steps."""
-    tables = {f"quality-{s.path.stem}": s.frame for s in inputs.of_kind("quality")}
+    tables = {f"{s.kind}-{s.path.stem}": s.frame
+              for s in inputs.of_kind("quality") + inputs.of_kind("quality-layers")}
     for s in inputs.of_kind("sim-results"):
         tables[f"sim-steps-{s.path.stem}"] = s.frame[s.frame["scope"] == "step"]
     return tables

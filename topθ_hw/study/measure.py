@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from topθ_hw.study import parts
 from topθ_hw.study.kept import kept_fractions, kept_masks
+from topθ_hw.study.runner import run_tasks
 from topθ_hw.study.spec import Study, point_hash
 
 MEASURE_VERSION = 2  # bump when the measurement below changes; part of every point's hash
@@ -61,34 +62,58 @@ def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: d
     return stats
 
 
-def measure_all(study: Study, tasks: list[dict], cache_dir: Path, log=sys.stderr,
+def measure_job(job: dict) -> dict:
+    """All methods of one (trace, k): Top-θ variants share one calibration. Pure; runs anywhere."""
+    results = {}
+    for name, spec in job["methods"].items():
+        stats = replay_stats(job["trace_path"], job["trace_id"], spec, job["k"], job["sparsity"],
+                             progress=tqdm if job["progress"] else None)
+        masks = kept_masks(stats, source=f"replay of {job['trace']} with {name}, k = {job['k']}")
+        results[name] = {"measured_range": list(masks.measured_range),
+                         "fractions": {str(c): kept_fractions(masks, c) for c in job["contexts"][name]}}
+    return {**job, "results": results}
+
+
+def measure_all(study: Study, tasks: list[dict], cache_dir: Path, client=None, log=sys.stderr,
                 progress: bool = False) -> dict[tuple, dict]:
-    """(trace, method, k) → {"fractions": {context: {page: f}}, "measured_range": [lo, hi]}."""
+    """(trace, method, k) → {"fractions": {context: {page: f}}, "measured_range": (lo, hi)}.
+
+    One job per (trace, k) not cached yet, on the Dask ``client`` (or in this process)."""
     needed: dict[tuple, set] = {}
+    first: dict[tuple, dict] = {}
     for t in tasks:
         if t["engine_method"] != "dense" and t["k"] < t["context"]:
             needed.setdefault((t["trace"], t["method"], t["k"]), set()).add(t["context"])
-    out = {}
+            first.setdefault((t["trace"], t["method"], t["k"]), t)
+    cached, jobs = {}, {}
     for (trace, method, k), contexts in sorted(needed.items()):
-        task = next(t for t in tasks if (t["trace"], t["method"], t["k"]) == (trace, method, k))
+        task = first[(trace, method, k)]
         key = point_hash({"trace": task["trace_id"], "method": study.methods[method], "k": k,
                           "sparsity": study.sparsity, "contexts": sorted(contexts),
                           "measure_version": MEASURE_VERSION})
-        cached = cache_dir / f"kept-{key}.json"
-        if cached.exists():
-            out[(trace, method, k)] = _decode(parts.read_json(cached))
+        path = cache_dir / f"kept-{key}.json"
+        cached[(trace, method, k)] = path
+        if path.exists():
             continue
-        print(f"replaying {trace} with {method} (k = {k}) for kept fractions", file=log)
-        stats = replay_stats(task["trace_path"], task["trace_id"], study.methods[method], k, study.sparsity,
-                             progress=tqdm if progress else None)
-        masks = kept_masks(stats, source=f"replay of {trace} with {method}, k = {k}")
-        result = {"measured_range": list(masks.measured_range),
-                  "fractions": {str(c): kept_fractions(masks, c) for c in sorted(contexts)}}
-        parts.write_json_atomic(cached, result)
-        out[(trace, method, k)] = _decode(parts.read_json(cached))
-    return out
+        job = jobs.setdefault((trace, k), {"trace": trace, "trace_path": task["trace_path"],
+                                           "trace_id": task["trace_id"], "k": k, "sparsity": study.sparsity,
+                                           "progress": progress and client is None, "methods": {},
+                                           "contexts": {}, "cache": {}})
+        job["methods"][method] = study.methods[method]
+        job["contexts"][method] = sorted(contexts)
+        job["cache"][method] = str(path)
+    for job in jobs.values():
+        print(f"replaying {job['trace']} at k = {job['k']} with {', '.join(job['methods'])} "
+              "for kept fractions", file=log)
 
+    def save(done: list[dict]) -> None:
+        for job in done:
+            for method, result in job["results"].items():
+                parts.write_json_atomic(Path(job["cache"][method]), result)
 
+    run_tasks(list(jobs.values()), measure_job, save, client=client, progress=progress, desc="replays",
+              unit="k")
+    return {key: _decode(parts.read_json(path)) for key, path in cached.items()}
 def _decode(raw: dict) -> dict:
     """JSON keys are strings; the fractions are looked up by int context and page size."""
     return {"measured_range": tuple(raw["measured_range"]),

@@ -14,7 +14,7 @@ from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
 from topθ_hw.study.kept import kept_fraction
 from topθ_hw.study.measure import MEASURE_VERSION, measure_all
-from topθ_hw.study.runner import run_tasks
+from topθ_hw.study.runner import dask_client, run_tasks
 from topθ_hw.study.spec import Study, load_study, point_hash
 from topθ_hw.tables import write_table
 
@@ -104,11 +104,11 @@ def run_study(study_path, out, scheduler: str | None = None, workers: int = 2,
     print(f"study {study.name}: {len(tasks)} points, {len(done)} already done, {len(todo)} to run",
           file=log)
     if todo:
-        counts = measure_all(study, todo, parts.parts_dir(out), log=log, progress=progress)
-        attach_kept(todo, counts)
         part_dir = parts.parts_dir(out)
-        run_tasks(todo, evaluate_point, lambda rows: parts.write_part(part_dir, rows),
-                  scheduler=scheduler, workers=workers, progress=progress)
+        with dask_client(scheduler, workers) as client:
+            attach_kept(todo, measure_all(study, todo, part_dir, client=client, log=log, progress=progress))
+            run_tasks(todo, evaluate_point, lambda rows: parts.write_part(part_dir, rows), client=client,
+                      progress=progress)
     results = assemble(tasks, parts.finished_rows(out))
     write_table(results, out, {"kind": parts.RESULTS_KIND, "study": study.as_dict(),
                                "study_file": str(study.path), "points": len(results)})

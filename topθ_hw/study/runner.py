@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -27,24 +28,14 @@ def batches(tasks: list[dict], n_workers: int) -> list[list[dict]]:
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
-def run_tasks(tasks: list[dict], evaluate: Callable[[dict], dict], on_done: Callable[[list[dict]], None],
-              scheduler: str | None = None, workers: int = 2, progress: bool = True) -> None:
-    """Run ``evaluate`` over ``tasks``: in-process when ``workers == 0`` and no scheduler,
-    else on the Dask scheduler at ``scheduler`` or on a fresh LocalCluster of ``workers``."""
-    bar = tqdm(total=len(tasks), unit="point", desc="study", disable=not progress)
-    try:
-        if scheduler is None and workers == 0:
-            for batch in batches(tasks, 1):
-                on_done(evaluate_batch(evaluate, batch))
-                bar.update(len(batch))
-        else:
-            _run_on_dask(tasks, evaluate, on_done, scheduler, workers, bar)
-    finally:
-        bar.close()
-
-
-def _run_on_dask(tasks, evaluate, on_done, scheduler, workers, bar) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int = 2):
+    """A Dask client: on the scheduler at ``scheduler``, on a fresh LocalCluster of ``workers``
+    worker processes, or None (run in this process) when ``workers == 0`` and no scheduler."""
+    if scheduler is None and workers == 0:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
 
     cluster = None
     if scheduler is None:
@@ -53,14 +44,36 @@ def _run_on_dask(tasks, evaluate, on_done, scheduler, workers, bar) -> None:
                                dashboard_address=None, silence_logs=40)
     client = Client(scheduler if scheduler else cluster)
     try:
-        n_workers = max(1, len(client.nthreads()))
-        futures = [client.submit(evaluate_batch, evaluate, batch, pure=False)
-                   for batch in batches(tasks, n_workers)]
-        for future in as_completed(futures):
-            rows = future.result()
-            on_done(rows)
-            bar.update(len(rows))
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def run_tasks(tasks: list[dict], evaluate: Callable[[dict], dict], on_done: Callable[[list[dict]], None],
+              client=None, progress: bool = True, desc: str = "study", unit: str = "point") -> None:
+    """Run ``evaluate`` over ``tasks`` in batches, on ``client`` (Dask) or in this process when
+    it is None; each finished batch goes to ``on_done`` in this process as soon as it is done."""
+    bar = tqdm(total=len(tasks), unit=unit, desc=desc, disable=not progress)
+    try:
+        if client is None:
+            for batch in batches(tasks, 1):
+                on_done(evaluate_batch(evaluate, batch))
+                bar.update(len(batch))
+        else:
+            _run_on_dask(tasks, evaluate, on_done, client, bar)
+    finally:
+        bar.close()
+
+
+def _run_on_dask(tasks, evaluate, on_done, client, bar) -> None:
+    from dask.distributed import as_completed
+
+    n_workers = max(1, len(client.nthreads()))
+    futures = [client.submit(evaluate_batch, evaluate, batch, pure=False)
+               for batch in batches(tasks, n_workers)]
+    for future in as_completed(futures):
+        rows = future.result()
+        on_done(rows)
+        bar.update(len(rows))
