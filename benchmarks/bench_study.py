@@ -12,11 +12,13 @@ scaling is measured on the point evaluation, each cluster started before its clo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import evaluate_point
@@ -41,33 +43,42 @@ def evaluate(tasks: list[dict], client, work_dir: Path, name: str) -> tuple[pd.D
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(REPO / "sims" / "studies" / "toptheta_vs_topk.toml"))
+    ap.add_argument("--repeats", type=int, default=2, help="evaluation runs per cluster size, alternated")
     args = ap.parse_args()
     t_start = time.perf_counter()
     study = validate(args.study)
     tasks = build_tasks(study)
-    with tempfile.TemporaryDirectory() as tmp:
+    times = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp, dask_client(workers=2) as two, dask_client(workers=1) as one:
         tmp = Path(tmp)
+        start_s = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        with dask_client(workers=2) as client:
-            start2 = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            attach_kept(tasks, measure_all(study, tasks, tmp, client=client, log=sys.stdout))
-            replay_s = time.perf_counter() - t0
-            two, eval2 = evaluate(tasks, client, tmp, "2")
-        total_s = time.perf_counter() - t_start
-        t0 = time.perf_counter()
-        with dask_client(workers=1) as client:
-            start1 = time.perf_counter() - t0
-            one, eval1 = evaluate(tasks, client, tmp, "1")
-    pd.testing.assert_frame_equal(one, two)
+        attach_kept(tasks, measure_all(study, tasks, tmp, client=two, log=sys.stdout))
+        replay_s = time.perf_counter() - t0
+        results = {}
+        # Alternate the two cluster sizes so that load from other processes on this shared
+        # machine hits both alike; report the best and the median of each.
+        for r in range(args.repeats):
+            for workers, client in ((2, two), (1, one)):
+                results[workers], seconds = evaluate(tasks, client, tmp, f"{workers}-{r}")
+                times[workers].append(seconds)
+                if workers == 2 and r == 0:
+                    total_s = time.perf_counter() - t_start
+    pd.testing.assert_frame_equal(results[1], results[2])
+    best = {w: min(t) for w, t in times.items()}
+    median = {w: float(np.median(t)) for w, t in times.items()}
     print(f"study {study.name}: {len(tasks)} points, {len(study.axes['device'])} devices")
+    print(f"  start both local clusters: {start_s:.1f} s")
     print(f"  replays for kept fractions (one Dask task per trace and k, 2 workers): {replay_s:7.1f} s")
-    print(f"  evaluate on 1 worker : {eval1:7.1f} s  ({len(tasks) / eval1:6.1f} points/s; cluster start {start1:.1f} s)")
-    print(f"  evaluate on 2 workers: {eval2:7.1f} s  ({len(tasks) / eval2:6.1f} points/s; cluster start {start2:.1f} s)")
-    print(f"  speed-up 2 workers vs 1: {eval1 / eval2:.2f}x (goal >= 1.7x); "
-          f"with start-up: {(start1 + eval1) / (start2 + eval2):.2f}x")
+    for w in (1, 2):
+        print(f"  evaluate on {w} worker(s): best {best[w]:6.1f} s, median {median[w]:6.1f} s "
+              f"({len(tasks) / best[w]:5.1f} points/s) over {len(times[w])} runs: "
+              + ", ".join(f"{t:.1f}" for t in times[w]))
+    print(f"  speed-up 2 workers vs 1: {best[1] / best[2]:.2f}x best, {median[1] / median[2]:.2f}x median "
+          "(goal >= 1.7x)")
     print(f"  whole study on 2 workers (validate, start, replay, evaluate): {total_s:7.1f} s (goal <= 600 s)")
     print("  results identical on 1 and 2 workers: yes")
+    print(f"  machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return 0
 
 

@@ -71,6 +71,7 @@ def in_process(tmp_path_factory) -> pd.DataFrame:
     ((f'trace = ["{TRACE}"]', 'trace = ["traces/nope.zarr"]'), "axes.trace"),
     (("[axes]", "[kernel]\nq_heads = 30\nkv_heads = 8\n[axes]"), "kernel"),
     (("[axes]", "[methods.mine]\nengine = 'quest'\n[axes]"), "methods.mine.engine"),
+    (("[axes]", "[axes]\nsram_scale = [0.01]"), "axes.sram_scale"),
 ])
 def test_bad_study_is_refused_before_any_work(tmp_path, edit, key):
     path = write_study(tmp_path, STUDY.replace(*edit))

@@ -4,12 +4,14 @@ the remaining points on Dask and assemble the results table."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from topθ_hw.errors import UserError
+from topθ_hw.errors import TraceError, UserError
+from topθ_hw.store import open_trace
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
 from topθ_hw.study.kept import kept_fraction
@@ -39,8 +41,30 @@ def validate(study_path) -> Study:
     except UserError as exc:
         raise UserError(f"{study.path}: table [kernel]: {exc}") from None
     for trace in study.axes["trace"]:
-        resolve_trace(study, trace)
+        try:
+            open_trace(resolve_trace(study, trace))
+        except TraceError as exc:
+            raise UserError(f"{study.path}: 'axes.trace' names {trace!r}: {exc}") from None
+    preflight(study)
     return study
+
+
+def preflight(study: Study) -> None:
+    """Every (device, SRAM scale) must hold the kernel's tiles and the largest KV cache studied:
+    refused now, naming the axes, rather than after hours of points."""
+    from topθ_hw.sim.simulate import check_fits
+    from topθ_hw.sim.workload import kernel_workload
+
+    rows = max(study.axes["context"]) * max(study.axes["batch"])
+    # A small real call of the kernel's shape; the fit check reads its shape, the rows are given.
+    call = kernel_workload(1, 64, study.kernel["q_heads"], study.kernel["kv_heads"], study.kernel["head_dim"],
+                           study.kernel["dtype"], 1.0, "row", "dense")
+    for device, sram in itertools.product(study.axes["device"], study.axes["sram_scale"]):
+        try:
+            check_fits(call, device_for({"device": device, "bandwidth_scale": 1.0, "sram_scale": sram}), rows)
+        except UserError as exc:
+            raise UserError(f"{study.path}: 'axes.device' {device!r} with 'axes.sram_scale' {sram} and the "
+                            f"largest 'axes.context' × 'axes.batch' ({rows} rows): {exc}") from None
 
 
 def resolve_trace(study: Study, trace: str) -> Path:
