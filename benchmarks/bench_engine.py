@@ -207,7 +207,8 @@ def main() -> int:
         peak_memory_child(args.memory_child)
         return 0
     if args.threads and os.environ.get("NUMBA_NUM_THREADS") != str(args.threads):
-        for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("NUMBA_NUM_THREADS", "TOPTHETA_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
         os.execv(sys.executable, [sys.executable, *sys.argv])   # BLAS reads its thread count at load
     import numba

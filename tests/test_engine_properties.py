@@ -212,3 +212,15 @@ def test_kth_largest_is_exact_on_long_and_adversarial_rows(n, rank, kind, seed):
            "ties": rng.integers(0, 5, n) * 1.0, "constant": np.full(n, 2.5)}[kind].astype(np.float32)
     rank = min(rank, n)
     assert kth_largest(row, rank) == np.sort(row)[::-1][rank - 1]
+
+
+def test_thread_count_does_not_change_results():
+    from test_engine_reference import real_layer
+    _, layer = real_layer(layer_index=4, rows=160)
+    method = TopK(k=8)
+    method.check(meta_of(layer))
+    one = replay_layer(layer, method, 0, 120, threads=1, keep_outputs=True)
+    two = replay_layer(layer, method, 0, 120, threads=2, keep_outputs=True)
+    np.testing.assert_array_equal(one.rows["kept"], two.rows["kept"])
+    np.testing.assert_array_equal(one.out_sparse, two.out_sparse)
+    assert [t["kept_v_rows"] for t in one.tiles] == [t["kept_v_rows"] for t in two.tiles]

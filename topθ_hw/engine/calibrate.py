@@ -17,7 +17,7 @@ from numba import njit, prange
 from topθ_hw import __version__
 from topθ_hw.engine.kernels import FAST, exp_shifted
 from topθ_hw.engine.methods.base import parse_layer_k
-from topθ_hw.engine.replay import plan_chunks, score_block
+from topθ_hw.engine.replay import kernel_threads, plan_chunks, score_block
 from topθ_hw.engine.thresholds import ThresholdTable
 from topθ_hw.errors import UserError
 
@@ -124,8 +124,13 @@ def row_dropped_mass(qkv, layer, prompt_len, theta_rows, post):
 
 
 def calibrate(trace, sequences, k: int, layer_k: str | None = None, placement: str = "pre",
-              sigma: float = 0.1, progress=None) -> ThresholdTable:
+              sigma: float = 0.1, progress=None, threads: int | None = None) -> ThresholdTable:
     """Thresholds from ``sequences`` of an open trace; ``progress`` is a tqdm-like callable or None."""
+    with kernel_threads(threads):
+        return _calibrate(trace, sequences, k, layer_k, placement, sigma, progress)
+
+
+def _calibrate(trace, sequences, k, layer_k, placement, sigma, progress) -> ThresholdTable:
     meta = trace.meta
     if placement not in ("pre", "post"):
         raise UserError(f"--placement: {placement!r} is not 'pre' or 'post'")

@@ -14,6 +14,12 @@ def names(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="numba threads for the kernels (default $TOPTHETA_THREADS or 1: on a shared machine "
+                   "one thread is fastest; BLAS threads follow OPENBLAS_NUM_THREADS)")
+
+
 def add_k_options(p, k_help: str) -> None:
     p.add_argument("--k", type=int, default=64, help=k_help)
     p.add_argument("--layer-k", default=None, metavar="L:K,...",
@@ -35,6 +41,7 @@ def register(subparsers) -> None:
                      help="threshold logits (pre-softmax) or probabilities (post-softmax)")
     cal.add_argument("--sigma", type=float, default=0.1, help="θ = mean + sigma·std (default 0.1, the paper's)")
     cal.add_argument("--out", required=True, help="output .safetensors file")
+    add_threads(cal)
     cal.set_defaults(func=run_calibrate)
 
     rep = subparsers.add_parser(
@@ -62,6 +69,7 @@ def register(subparsers) -> None:
     rep.add_argument("--decode-only", action="store_true",
                      help="skip prefill rows (most of the work) when only decode statistics are needed")
     rep.add_argument("--out", required=True, help="output Parquet file")
+    add_threads(rep)
     rep.set_defaults(func=run_replay)
 
     head = subparsers.add_parser(
@@ -77,6 +85,7 @@ def register(subparsers) -> None:
     head.add_argument("--placement", choices=("pre", "post"), default="pre")
     head.add_argument("--sigma", type=float, default=0.1)
     head.add_argument("--out", required=True, help="output directory")
+    add_threads(head)
     head.set_defaults(func=run_headline)
 
 
@@ -91,7 +100,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     trace = open_trace(args.traces)
     sequences = names(args.sequences) or trace.sequences[:1]
-    table = calibrate(trace, sequences, args.k, args.layer_k, args.placement, args.sigma, progress_bar())
+    table = calibrate(trace, sequences, args.k, args.layer_k, args.placement, args.sigma, progress_bar(),
+                      args.threads)
     path = table.save(args.out)
     print(f"wrote {path}: {table.meta['rows_calibrated']} calibration rows from {sequences} "
           f"({args.placement}-softmax, k per layer {table.layer_k.tolist()}, sigma {args.sigma})")
@@ -124,7 +134,8 @@ def run_replay(args: argparse.Namespace) -> int:
     if bad:
         from topθ_hw.errors import UserError
         raise UserError(f"--layers: {bad} not in 0..{trace.meta.n_layers - 1} ({trace.path})")
-    frame, meta = replay_trace(trace, method, names(args.sequences), layers, progress_bar(), args.decode_only)
+    frame, meta = replay_trace(trace, method, names(args.sequences), layers, progress_bar(), args.decode_only,
+                               args.threads)
     write_table(frame, args.out, meta)
     heads = frame[frame.level == "head"]
     groups = frame[(frame.level == "group") & (frame.phase == "decode")]
@@ -144,6 +155,6 @@ def run_headline(args: argparse.Namespace) -> int:
     trace = open_trace(args.traces)
     ks = [int(k) for k in names(args.ks)]
     paths = headline(trace, ks, args.out, names(args.calibrate_on), names(args.evaluate_on), args.layer_k,
-                     args.placement, args.sigma, progress=progress_bar())
+                     args.placement, args.sigma, progress=progress_bar(), threads=args.threads)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

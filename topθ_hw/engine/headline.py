@@ -62,14 +62,14 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def headline(trace, ks, out_dir, calibrate_on=None, evaluate_on=None, layer_k=None, placement="pre",
-             sigma=0.1, progress=None) -> list[Path]:
+             sigma=0.1, progress=None, threads=None) -> list[Path]:
     calibrate_on = calibrate_on or trace.sequences[:1]
     evaluate_on = evaluate_on or [s for s in trace.sequences if s not in calibrate_on]
     overall, per_layer, per_length = [], [], []
     for k in ks:
-        table = calibrate(trace, calibrate_on, k, layer_k, placement, sigma, progress)
+        table = calibrate(trace, calibrate_on, k, layer_k, placement, sigma, progress, threads)
         for method in (TopTheta(table), TopK(k=k, layer_k=layer_k)):
-            frame, _ = replay_trace(trace, method, evaluate_on, progress=progress)
+            frame, _ = replay_trace(trace, method, evaluate_on, progress=progress, threads=threads)
             frame["length_bin"] = length_bins(frame)
             tag = {"k": k, "method": method.name}
             summary = fractions(frame, [])

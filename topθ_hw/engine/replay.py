@@ -10,8 +10,11 @@ O(SCORE_BUDGET + T·d), never T×T.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from topθ_hw.engine.kernels import PAGE_SIZES, group_union, mask_and_max, softmax_weights, sparse_pv
@@ -22,6 +25,24 @@ SCORE_BUDGET = 1 << 20   # float32 elements per prefill score block (4 MiB, prob
 DECODE_BUDGET = 1 << 22  # decode blocks may be larger: more steps per block stream K fewer times
 MAX_CHUNK_ROWS = 512
 SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers kept V rows instead of a GEMM
+# Numba threads for the kernels. Default 1: on a shared machine (this project's 2 cores run
+# several jobs) every parallel region waits for a descheduled worker, which made 2 threads 6×
+# slower than 1 in bench_engine.py; pass --threads N (or TOPTHETA_THREADS) on a dedicated machine.
+DEFAULT_THREADS_ENV = "TOPTHETA_THREADS"
+
+
+@contextlib.contextmanager
+def kernel_threads(threads: int | None = None):
+    """Run the numba kernels with ``threads`` threads (None: $TOPTHETA_THREADS, else 1)."""
+    wanted = threads or int(os.environ.get(DEFAULT_THREADS_ENV, "1"))
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 ROW_FIELDS = ("kept", "n_valid", "empty", "dropped_mass", "kept_weight", "err2", "ref2", "dot", "out2")
 
 
@@ -85,7 +106,12 @@ def v_means(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def replay_layer(qkv, method: AttentionMethod, layer: int, prompt_len: int, state=None,
-                 keep_outputs: bool = False, decode_only: bool = False) -> LayerResult:
+                 keep_outputs: bool = False, decode_only: bool = False, threads: int | None = None) -> LayerResult:
+    with kernel_threads(threads):
+        return _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only)
+
+
+def _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only) -> LayerResult:
     """Run ``method`` on one layer (LayerQKV-like: q [H_q,T,d], k/v [H_kv,T,d], scaling, sliding_window).
 
     ``decode_only`` skips the prefill rows (their per-row fields stay 0, no prefill tiles).

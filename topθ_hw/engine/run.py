@@ -41,7 +41,7 @@ def stats_meta(trace, method: AttentionMethod, sequences: list[str]) -> dict:
 
 
 def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = None, layers=None,
-                 progress=None, decode_only: bool = False) -> tuple[pd.DataFrame, dict]:
+                 progress=None, decode_only: bool = False, threads: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Replay ``method`` on every (sequence, layer); ``progress`` is tqdm-like or None.
 
     ``decode_only`` skips prefill rows (most of the work) when only decode statistics are needed.
@@ -57,7 +57,8 @@ def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = N
         seq = trace.sequence(name)
         state = method.begin_sequence(seq)
         for layer in layers:
-            res = replay_layer(seq.layer(layer), method, layer, seq.prompt_len, state, decode_only=decode_only)
+            res = replay_layer(seq.layer(layer), method, layer, seq.prompt_len, state, decode_only=decode_only,
+                               threads=threads)
             frames.append(layer_frame(res, group, name))
             bar and bar.update()
     bar and bar.close()
