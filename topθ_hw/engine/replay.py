@@ -33,12 +33,22 @@ DEFAULT_THREADS_ENV = "TOPTHETA_THREADS"
 
 @contextlib.contextmanager
 def kernel_threads(threads: int | None = None):
-    """Run the numba kernels with ``threads`` threads (None: $TOPTHETA_THREADS, else 1)."""
-    wanted = threads or int(os.environ.get(DEFAULT_THREADS_ENV, "1"))
+    """Run numba kernels and BLAS with ``threads`` threads (None: $TOPTHETA_THREADS, else 1).
+
+    BLAS is limited through threadpoolctl when it is installed; otherwise it keeps its own setting
+    (OPENBLAS_NUM_THREADS).
+    """
+    wanted = max(1, threads or int(os.environ.get(DEFAULT_THREADS_ENV, "1")))
     before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
     try:
-        yield
+        from threadpoolctl import threadpool_limits
+        blas = threadpool_limits(limits=wanted, user_api="blas")
+    except ImportError:
+        blas = contextlib.nullcontext()
+    try:
+        with blas:
+            yield
     finally:
         numba.set_num_threads(before)
 
