@@ -137,3 +137,16 @@ def test_traces_info_cli(tmp_path, capsys):
     assert info["sequences"][0]["prompt_len"] == 40 and info["sequences"][0]["decode_steps"] == 3
     assert main(["traces", "info", str(tmp_path / "nope.zarr")]) == 2
     assert "no trace store" in capsys.readouterr().err
+
+
+def test_layer_subset_is_stored_and_other_layers_are_refused(tmp_path):
+    meta = TraceMeta(**{**make_meta(n_layers=3).to_json(), "layers": [0, 2]})
+    with TraceWriter(tmp_path / "t.zarr", meta) as w:
+        write_sequence(w, prompt=20, decode=2)  # appends every layer; layer 1 is skipped
+    seq = open_trace(tmp_path / "t.zarr").sequence("seq_0000")
+    assert open_trace(tmp_path / "t.zarr").meta.captured_layers == [0, 2]
+    assert seq.layer(2).k.shape == (2, 22, 8)
+    with pytest.raises(TraceError, match=r"layer 1 was not captured.*\[0, 2\]"):
+        seq.layer(1)
+    with pytest.raises(ValueError, match="layers"):
+        TraceMeta(**{**make_meta(n_layers=3).to_json(), "layers": [2, 0]})

@@ -143,7 +143,7 @@ def _calibrate(trace, sequences, k, layer_k, placement, sigma, progress) -> Thre
     n_max = max(s.n_tokens for s in readers)
     shape = (meta.n_layers, meta.n_q_heads, n_max)
     total, total_sq, count = np.zeros(shape), np.zeros(shape), np.zeros(shape, np.int64)
-    work = [(s, layer) for s in readers for layer in range(meta.n_layers)]
+    work = [(s, layer) for s in readers for layer in meta.captured_layers]
     bar = progress(total=2 * len(work), desc="calibrate", unit="layer") if progress else None
     for seq, layer in work:
         th = row_thresholds(seq.layer(layer), layer, seq.prompt_len, int(ks[layer]), placement == "post")

@@ -130,10 +130,10 @@ def run_replay(args: argparse.Namespace) -> int:
     trace = open_trace(args.traces)
     method = build_method(args)
     layers = [int(x) for x in names(args.layers)] if args.layers else None
-    bad = [x for x in layers or [] if not 0 <= x < trace.meta.n_layers]
+    bad = [x for x in layers or [] if x not in trace.meta.captured_layers]
     if bad:
         from topθ_hw.errors import UserError
-        raise UserError(f"--layers: {bad} not in 0..{trace.meta.n_layers - 1} ({trace.path})")
+        raise UserError(f"--layers: {bad} not captured in {trace.path} (it holds {trace.meta.captured_layers})")
     frame, meta = replay_trace(trace, method, names(args.sequences), layers, progress_bar(), args.decode_only,
                                args.threads)
     write_table(frame, args.out, meta)

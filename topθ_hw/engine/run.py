@@ -48,7 +48,7 @@ def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = N
     """
     method.check(trace.meta, str(trace.path))
     sequences = evaluation_sequences(trace, method, sequences)
-    layers = list(range(trace.meta.n_layers)) if layers is None else list(layers)
+    layers = trace.meta.captured_layers if layers is None else list(layers)
     group = trace.meta.group_size
     frames = []
     bar = progress(total=len(sequences) * len(layers), desc=f"replay {method.name}", unit="layer") \

@@ -29,6 +29,7 @@ def trace_summary(path) -> dict:
                           "disk_bytes": seq.disk_bytes()})
     return {"path": str(trace.path), "model_id": m.model_id, "architecture": m.architecture,
             "model_file_sha256": m.model_file_sha256, "dtype": m.dtype, "layers": m.n_layers,
+            "captured_layers": m.captured_layers,
             "q_heads": m.n_q_heads, "kv_heads": m.n_kv_heads, "head_dim": m.head_dim,
             "sequences": sequences, "partial_sequences": trace.partial_sequences,
             "disk_bytes": trace.disk_bytes()}
@@ -41,6 +42,8 @@ def run_info(args) -> int:
         return 0
     print(f"{s['path']}: {s['model_id']} ({s['architecture']}), {s['dtype']}, {s['layers']} layers, "
           f"{s['q_heads']} query heads / {s['kv_heads']} KV heads, head_dim {s['head_dim']}")
+    if len(s["captured_layers"]) != s["layers"]:
+        print(f"captured layers ({len(s['captured_layers'])} of {s['layers']}): {s['captured_layers']}")
     print(f"{'sequence':<10} {'source':<28} {'prefill':>8} {'decode':>7} {'rows':>6} {'MB':>7}")
     for q in s["sequences"]:
         print(f"{q['name']:<10} {q['source'][:28]:<28} {q['prompt_len']:>8} {q['decode_steps']:>7} "

@@ -34,6 +34,7 @@ class TraceMeta:
     rope_scaling: dict | None = None
     max_position_embeddings: int | None = None
     model_revision: str | None = None
+    layers: list[int] | None = None    # captured layers; None = all (a subset keeps shipped traces small)
     package_version: str = ""
     extra: dict = field(default_factory=dict)  # torch/transformers versions, model path, ...
 
@@ -43,6 +44,10 @@ class TraceMeta:
         if self.n_q_heads % self.n_kv_heads:
             raise ValueError(f"TraceMeta: n_q_heads={self.n_q_heads} is not a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
+        if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)
+                                        or self.layers[0] < 0 or self.layers[-1] >= self.n_layers):
+            raise ValueError(f"TraceMeta.layers is {self.layers}, expected sorted distinct layers in "
+                             f"0..{self.n_layers - 1}")
         for name in ("scalings", "sliding_windows"):
             if len(getattr(self, name)) != self.n_layers:
                 raise ValueError(f"TraceMeta.{name} has {len(getattr(self, name))} entries, "
@@ -52,6 +57,11 @@ class TraceMeta:
     def group_size(self) -> int:
         """Query heads per KV head (GQA group size G)."""
         return self.n_q_heads // self.n_kv_heads
+
+    @property
+    def captured_layers(self) -> list[int]:
+        """The layers this store holds (all of the model's unless capture was given a subset)."""
+        return list(range(self.n_layers)) if self.layers is None else list(self.layers)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

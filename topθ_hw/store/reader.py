@@ -96,8 +96,9 @@ class SequenceReader:
     def layer(self, layer: int, raw: bool = False) -> LayerQKV:
         """Q, K, V of one layer as float32 (``raw=True``: storage dtype, bf16 as uint16 bits)."""
         meta = self.trace.meta
-        if not 0 <= layer < meta.n_layers:
-            raise TraceError(f"{self.where}: layer {layer} out of range 0..{meta.n_layers - 1}")
+        if layer not in meta.captured_layers:
+            raise TraceError(f"{self.where}: layer {layer} was not captured; the store holds layers "
+                             f"{meta.captured_layers}")
         arrays = {kind: self._array(layer, kind, h) for kind, h in
                   (("q", meta.n_q_heads), ("k", meta.n_kv_heads), ("v", meta.n_kv_heads))}
         if not raw:

@@ -62,9 +62,10 @@ class SequenceWriter:
             shutil.rmtree(self.partial_path)  # left by an earlier crash; never readable
         self.group = zarr.open_group(self.partial_path, mode="w")
         self.group.attrs.update({"complete": False, "source": source})
-        self.rows_written = [0] * meta.n_layers
-        self.buffers = [{"q": [], "k": [], "v": []} for _ in range(meta.n_layers)]
-        self.arrays = [self._create_layer(l, max_rows) for l in range(meta.n_layers)]
+        self.layers = meta.captured_layers
+        self.rows_written = {l: 0 for l in self.layers}
+        self.buffers = {l: {"q": [], "k": [], "v": []} for l in self.layers}
+        self.arrays = {l: self._create_layer(l, max_rows) for l in self.layers}
 
     def _create_layer(self, layer: int, max_rows: int) -> dict:
         m = self.meta
@@ -80,7 +81,10 @@ class SequenceWriter:
         }
 
     def append(self, layer: int, q, k, v) -> None:
-        """Append t rows to ``layer``: q [H_q, t, d], k and v [H_kv, t, d]."""
+        """Append t rows to ``layer``: q [H_q, t, d], k and v [H_kv, t, d]. Layers outside the
+        store's captured subset are ignored, so a hook can call this for every layer."""
+        if layer not in self.buffers:
+            return
         m = self.meta
         arrays = {"q": to_storage(q, m.dtype), "k": to_storage(k, m.dtype), "v": to_storage(v, m.dtype)}
         heads = {"q": m.n_q_heads, "k": m.n_kv_heads, "v": m.n_kv_heads}
@@ -112,15 +116,15 @@ class SequenceWriter:
         self.token_ids = [int(t) for t in token_ids]
 
     def finalise(self) -> None:
-        for layer in range(self.meta.n_layers):
+        for layer in self.layers:
             self._flush(layer)
-        n_rows = self.rows_written[0]
-        if n_rows == 0 or any(r != n_rows for r in self.rows_written):
+        n_rows = self.rows_written[self.layers[0]]
+        if n_rows == 0 or any(r != n_rows for r in self.rows_written.values()):
             raise TraceError(f"{self.name}: layers hold different row counts {self.rows_written}")
         if n_rows < self.prompt_len:
             raise TraceError(f"{self.name}: {n_rows} rows written, fewer than prompt_len={self.prompt_len}")
         checksums = {}
-        for layer, arrays in enumerate(self.arrays):
+        for layer, arrays in self.arrays.items():
             for kind, arr in arrays.items():
                 arr.resize((arr.shape[0], n_rows, arr.shape[2]))
                 checksums[f"layer_{layer:02d}/{kind}"] = array_crc32(arr[...])
