@@ -133,7 +133,7 @@ def test_local_cluster_and_scheduler_give_identical_results(in_process, tmp_path
     study = write_study(tmp_path)
     local = run_study(study, tmp_path / "local.parquet", workers=2, progress=False)
     pd.testing.assert_frame_equal(local, in_process)
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
         remote = run_study(study, tmp_path / "remote.parquet", scheduler=cluster.scheduler_address,
                            progress=False)
     pd.testing.assert_frame_equal(remote, in_process)

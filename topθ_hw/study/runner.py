@@ -41,7 +41,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2):
     if scheduler is None:
         # Processes, one thread each: the simulator is pure Python and holds the GIL.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+                               dashboard_address=":0", silence_logs=40)
     client = Client(scheduler if scheduler else cluster)
     try:
         yield client
