@@ -138,9 +138,11 @@ def _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_on
         res.out_sparse = np.zeros((n_heads, n_rows, d), np.float32)
         res.out_dense = np.zeros((n_heads, n_rows, d), np.float32)
     lo_all, hi_all = row_ranges(np.arange(n_rows), window)
-    vbar = v_means(v, lo_all, hi_all) if getattr(method, "vmc", False) else None
+    vbar = {}   # filled on the first block that asks for VMC: per-row means of the valid V rows
     chunks = plan_chunks(prompt_len, n_rows, group, window, method.stateful)
     chunks = [c for c in chunks if c.phase == "decode"] if decode_only else chunks
+    if not chunks:
+        return res
     biggest = max(group * (c.t1 - c.t0) * (c.t1 - lo_all[c.t0]) for c in chunks)
     score_buf = np.empty(biggest, np.float32)
     prob_buf = np.empty(2 * biggest, np.float32)
@@ -187,8 +189,10 @@ def run_chunk(qkv, method, layer, g, group, chunk, ctx, state, res, vbar, score_
     else:
         sparse_out = probs[1] @ values
     if sel.vmc:
+        if "means" not in vbar:
+            vbar["means"] = v_means(v, *row_ranges(np.arange(v.shape[1]), qkv.sliding_window))
         lost = (1.0 - kept_weight).reshape(group, n_r, 1)
-        sparse_out += (lost * vbar[g, chunk.t0:chunk.t1][None]).reshape(n, -1).astype(np.float32)
+        sparse_out += (lost * vbar["means"][g, chunk.t0:chunk.t1][None]).reshape(n, -1).astype(np.float32)
     if method.stateful:
         method.observe(block, probs[1], state)
     record_rows(res, heads, chunk, kept, empty, dropped, kept_weight, dense_out, sparse_out, row_lo, row_hi)
