@@ -80,5 +80,6 @@ def layer_frame(res: LayerResult, group: int, sequence: str) -> pd.DataFrame:
     frame.insert(0, "sequence", sequence)
     frame["kept_v_mask"] = frame["kept_v_mask"].where(frame["kept_v_mask"].notna(), b"")
     for col in INT_COLUMNS:
-        frame[col] = frame[col].astype("Int64")
+        if col in frame:
+            frame[col] = frame[col].astype("Int64")
     return frame
