@@ -136,3 +136,17 @@ def test_replay_layers_and_decode_only_options(trace, tmp_path):
     assert (frame[frame.level == "group"].kept_v_rows == frame[frame.level == "group"].v_rows_total).all()
     assert main(["replay", "--traces", str(trace.path), "--method", "dense", "--layers", "7",
                  "--out", str(out)]) == 2
+
+
+def test_real_trace_calibration_replayed_on_itself_keeps_k_and_refuses_by_default():
+    """SmolLM2 trace, full pipeline: σ = 0 thresholds replayed on their own sequence keep k (bf16 ties
+    may keep one fewer, never more); by default replay picks the other sequence."""
+    real = open_trace("traces/smollm2-135m.zarr")
+    table = calibrate(real, ["seq_0000"], 32, placement="post", sigma=0.0)
+    assert table.meta["sources"] == [real.sequence("seq_0000").source] and table.meta["model_id"] == "smollm2-135m"
+    frame, meta = replay_trace(real, TopTheta(table), ["seq_0000"], layers=[0, 14, 29])
+    heads = frame[(frame.level == "head") & (frame.row_start >= 32)]
+    assert heads.kept_per_row_max.max() == 32 and heads.kept_per_row_mean.mean() > 31.99
+    assert meta["calibration_overlap"] == ["seq_0000"]
+    _, meta = replay_trace(real, TopTheta(table), layers=[0], decode_only=True)
+    assert meta["sequences"] == [s for s in real.sequences if s != "seq_0000"]
