@@ -16,12 +16,15 @@ from topθ_hw.engine import replay_layer
 from topθ_hw.engine.calibrate import calibrate
 from topθ_hw.errors import UserError
 from topθ_hw.quality import methods as live_methods
+from topθ_hw.engine.methods.base import parse_layer_k
 from topθ_hw.quality.attention import KeptCounter, attend
+from topθ_hw.quality.calibrate import Calibrator, ThresholdSums, threshold_table
 from topθ_hw.quality.evaluate import evaluate
 from topθ_hw.quality.live import sparsified
 from topθ_hw.quality.settings import Setting, Variant, build_settings, parse_variant
-from topθ_hw.quality.thresholds import LiveThresholds, check_model
+from topθ_hw.quality.thresholds import LiveThresholds, check_model, load_live_thresholds
 from topθ_hw.store import open_trace
+from topθ_hw.tables import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "traces" / "texts" / "shakespeare-hamlet.txt"
@@ -110,6 +113,37 @@ def test_live_path_and_engine_keep_the_same_elements_and_agree(name, trace, engi
             mismatch = (union[tile["kv_group"], row, :row + 1] != mask).sum()
             assert mismatch <= (1 if post else 0)
             assert tile["kept_v_rows"] == mask.sum()
+
+
+def test_live_calibration_gives_the_engines_thresholds(trace, engine_tables):
+    seq = trace.sequence("seq_0000")
+    sums = ThresholdSums(np.stack([parse_layer_k("0:128", 32, 30)]), ("pre", "post"), 9, seq.n_tokens)
+    layers = [0, 13, 29]
+    for layer in layers:
+        qkv = seq.layer(layer)
+        attend(Calibrator(sums), *(torch.from_numpy(x)[None] for x in (qkv.q, qkv.k, qkv.v)), qkv.scaling, layer)
+    for placement in ("pre", "post"):
+        live, engine = threshold_table(sums, 0, placement, 0.1, {}), engine_tables[placement]
+        assert np.array_equal(live.lengths, engine.lengths)
+        assert np.array_equal(live.count[layers], engine.count[layers])
+        assert np.allclose(live.theta[layers], engine.theta[layers], rtol=1e-6, atol=0, equal_nan=True)
+
+
+def test_calibrate_live_then_evaluate_from_the_command_line(tmp_path, capsys):
+    cal, out = tmp_path / "thresholds", tmp_path / "eval"
+    assert main(["calibrate-live", "--text", str(ROOT / "traces/texts/kjv-genesis.txt"), "--k", "8,16",
+                 "--placement", "pre,post", "--window", "64", "--out", str(cal)]) == 0
+    assert sorted(p.name for p in cal.iterdir()) == [f"k{k}-{p}.safetensors" for k in (16, 8) for p in ("post", "pre")]
+    assert main(["evaluate", "--thresholds", str(cal), "--text", str(TEXT), "--max-tokens", "129", "--window", "64",
+                 "--k", "8,16", "--variants", "pre,post+vmc,topk", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "sparsest by kept_v_row_fraction" in printed.out
+    assert "calibrated up to n = 64" not in printed.err          # windows are no longer than calibrated
+    table, meta = read_table(out / "quality.parquet", kind="quality")
+    assert len(table) == 6 and meta["tokens"] == 129 and (out / "quality.png").stat().st_size > 10_000
+    assert (out / "quality.csv").read_text().startswith("setting,")
+    with pytest.raises(UserError, match="sdc_dropped_mass"):
+        build_settings([parse_variant("pre+sdc=offline")], [8], [load_live_thresholds(cal / "k8-pre.safetensors")])
 
 
 def test_dense_live_attention_reproduces_sdpa_logits(loaded, hamlet_ids):

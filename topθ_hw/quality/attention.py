@@ -68,12 +68,12 @@ def attend(method: LiveMethod, query: torch.Tensor, key: torch.Tensor, value: to
     G = Hq // Hkv
     q = query.float().view(B, Hkv, G, T, d)              # head h = g*G + j uses KV head g
     k, v = key.float(), value.float()
-    v_mean = v.cumsum(2) / torch.arange(1, Tk + 1, dtype=v.dtype)[:, None] if method.vmc else None
-    out = torch.empty(B, Hkv, G, T, d)
+    v_mean = v.cumsum(2) / torch.arange(1, Tk + 1, dtype=v.dtype, device=v.device)[:, None] if method.vmc else None
+    out = torch.empty(B, Hkv, G, T, d, device=q.device)
     first = Tk - T                                       # absolute position of query row 0
     for r0 in range(0, T, ROW_BLOCK):
         r1 = min(T, r0 + ROW_BLOCK)
-        rows = Rows.of(r1 - r0, first + r1)
+        rows = Rows.of(r1 - r0, first + r1, q.device)
         q_block = q[:, :, :, r0:r1].reshape(B, Hkv, G * (r1 - r0), d)
         scores = (q_block @ k[:, :, :first + r1].transpose(-1, -2)).mul_(scaling).view(B, Hq, r1 - r0, -1)
         p, kept = method.weights(scores, rows, layer)

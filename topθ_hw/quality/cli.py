@@ -27,6 +27,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extrapolate", default="hold", choices=("hold", "logfit"),
                    help="θ past the longest calibrated length (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default %(default)s)")
 
 
 def evaluate_handler(args) -> int:
@@ -39,7 +40,30 @@ def generate_handler(args) -> int:
     return generate_command(args)
 
 
+def calibrate_live_handler(args) -> int:
+    from topθ_hw.quality.run import calibrate_live_command
+    return calibrate_live_command(args)
+
+
 def register(subparsers) -> None:
+    c = subparsers.add_parser("calibrate-live", help="Top-θ thresholds for many k from one dense pass of the model",
+                              description="Calibrate Top-θ inside the model on text windows: for every k and "
+                              "placement at once, the (k+1)-th largest score of each row aggregated per "
+                              "(layer, head, n) as mean + sigma*std, the definition of `toptheta calibrate` "
+                              "without writing a trace. Writes DIR/k{K}-{placement}.safetensors (the engine's "
+                              "artifact; no offline-SDC table).")
+    c.add_argument("--model", default="smollm2-135m", help="short name, .gguf file or HF directory")
+    c.add_argument("--text", nargs="+", required=True, metavar="FILE", help="calibration text file(s)")
+    c.add_argument("--k", default="16,32,64,128,256,512", help="comma-separated k values (default %(default)s)")
+    c.add_argument("--layer-k", default=None, metavar="L:K,...", help="per-layer k overrides, e.g. 0:512,1:512")
+    c.add_argument("--placement", default="pre,post", help="pre, post or pre,post (default %(default)s)")
+    c.add_argument("--sigma", type=float, default=0.1, help="θ = mean + sigma·std (default %(default)s)")
+    c.add_argument("--window", type=int, default=1024, help="tokens per window (default %(default)s)")
+    c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    c.add_argument("--device", default="cpu", help="torch device for the model (default %(default)s)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    c.set_defaults(func=calibrate_live_handler)
+
     p = subparsers.add_parser("evaluate", help="perplexity / agreement / KL vs dense of live Top-θ and top-k",
                               description=EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)

@@ -56,6 +56,7 @@ def evaluate(model, ids: torch.Tensor, settings: list[Setting], window: int = 10
     dense_nll, dense_seconds, n_tokens = 0.0, 0.0, 0
     with tqdm(total=len(windows) * (1 + len(settings)), desc="evaluate", unit="pass", disable=not progress) as bar:
         for x in windows:
+            x = x.to(model.device)
             start = time.perf_counter()
             ref = next_token_logprobs(model, x)
             dense_seconds += time.perf_counter() - start

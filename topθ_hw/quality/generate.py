@@ -32,7 +32,7 @@ def greedy(model, prompt_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
 
 def generate_pair(loaded, setting: Setting, prompt: str, max_new_tokens: int) -> tuple[Generation, Generation]:
     model, tok = loaded.model, loaded.tokenizer
-    ids = tok(prompt, return_tensors="pt").input_ids
+    ids = tok(prompt, return_tensors="pt").input_ids.to(model.device)
     dense_ids = greedy(model, ids, max_new_tokens)
     counter = KeptCounter(model.config.num_hidden_layers, decode_from=ids.shape[1] + 1)
     with sparsified(model, setting.method, counter):

@@ -55,6 +55,7 @@ def load_checked(args, placement: str | None = None):
         import torch
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype="float32")
+    loaded.model.to(args.device)
     for t in tables:
         check_model(t, loaded, placement)
     return loaded, tables
@@ -137,4 +138,34 @@ def generate_command(args) -> int:
     if setting.thresholds and setting.thresholds.extrapolated:
         print(f"note: rows up to n = {setting.thresholds.longest_used_n} exceed the calibrated n = "
               f"{setting.thresholds.max_calibrated_n}; extrapolation {setting.thresholds.extrapolate!r} was used")
+    return 0
+
+
+def calibrate_live_command(args) -> int:
+    import math
+
+    from topθ_hw.capture.models import load_model
+
+    from .calibrate import calibrate_live
+
+    ks = parse_ks(args.k)
+    placements = tuple(p.strip() for p in args.placement.split(",") if p.strip())
+    if not placements or set(placements) - {"pre", "post"}:
+        raise UserError(f"--placement: {args.placement!r}, expected pre, post or pre,post")
+    if not math.isfinite(args.sigma):
+        raise UserError(f"--sigma must be finite, got {args.sigma}")
+    if args.window < 2:
+        raise UserError(f"--window must be ≥ 2, got {args.window}")
+    texts = {Path(p).name: read_texts([p]) for p in args.text}
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, dtype="float32")
+    loaded.model.to(args.device)
+    tables = calibrate_live(loaded, texts, ks, args.layer_k, placements, args.sigma, args.window)
+    out = Path(args.out)
+    for (k, placement), table in tables.items():
+        path = table.save(out / f"k{k}-{placement}.safetensors")
+        print(f"wrote {path}: {table.meta['rows_calibrated']} calibration rows, lengths "
+              f"{table.lengths.min()}..{table.lengths.max()}")
     return 0

@@ -50,6 +50,10 @@ class LiveThresholds:
         return int(self.table.lengths[calibrated].max()) if calibrated.any() else 0
 
     @property
+    def has_offline_sdc(self) -> bool:
+        return bool(np.isfinite(self.table.sdc_dropped_mass).any())
+
+    @property
     def extrapolated(self) -> bool:
         return self.longest_used_n > self.max_calibrated_n
 
@@ -78,13 +82,18 @@ class LiveThresholds:
 
     def theta_rows(self, layer: int, n: torch.Tensor) -> torch.Tensor:
         """θ for every query head and row: float64 [Hq, T]; -inf = dense row."""
-        self._ensure(int(n.max()))
+        self._ensure_on(n)
         return self._theta[layer][:, n - 1]
 
     def rho_rows(self, layer: int, n: torch.Tensor) -> torch.Tensor:
         """Offline SDC: calibrated mean dropped probability mass, float64 [Hq, T]."""
-        self._ensure(int(n.max()))
+        self._ensure_on(n)
         return self._rho[layer][:, n - 1]
+
+    def _ensure_on(self, n: torch.Tensor) -> None:
+        self._ensure(int(n.max()))
+        if self._theta.device != n.device:
+            self._theta, self._rho = self._theta.to(n.device), self._rho.to(n.device)
 
 
 def load_live_thresholds(path, lookup: str = "interp", extrapolate: str = "hold") -> LiveThresholds:

@@ -21,9 +21,9 @@ class Rows:
     valid: torch.Tensor   # bool [T, Tk]: key j exists for row i (j < n_i)
 
     @staticmethod
-    def of(t_query: int, t_key: int) -> "Rows":
-        n = torch.arange(t_key - t_query + 1, t_key + 1)
-        return Rows(n, torch.arange(t_key)[None, :] < n[:, None])
+    def of(t_query: int, t_key: int, device=None) -> "Rows":
+        n = torch.arange(t_key - t_query + 1, t_key + 1, device=device)
+        return Rows(n, torch.arange(t_key, device=device)[None, :] < n[:, None])
 
 
 class LiveMethod(Protocol):
@@ -70,7 +70,7 @@ def floor_to_float32(x: torch.Tensor) -> torch.Tensor:
     """The largest float32 <= x (float64): for float32 s, ``s > x`` holds exactly when ``s > floor_to_float32(x)``,
     so thresholds compare in float32 with the engine's float64 decisions."""
     t = x.float()
-    return torch.where(t.double() > x, torch.nextafter(t, torch.tensor(float("-inf"))), t)
+    return torch.where(t.double() > x, torch.nextafter(t, torch.full_like(t, float("-inf"))), t)
 
 
 def per_layer(value: int | tuple[int, ...], layer: int) -> int:

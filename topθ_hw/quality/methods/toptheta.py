@@ -38,6 +38,10 @@ class TopTheta:
         if self.sdc and self.table.placement != "pre":
             raise UserError(f"{self.table.source}: SDC needs pre-softmax thresholds; this table's placement is "
                             f"{self.table.placement!r}")
+        if self.sdc == "offline" and not self.table.has_offline_sdc:
+            raise UserError(f"{self.table.source}: field 'sdc_dropped_mass' holds no calibrated value "
+                            "(live calibration leaves it out); use sdc=exact or sdc=expthr, or thresholds "
+                            "from `toptheta calibrate`")
 
     @property
     def placement(self) -> str:
