@@ -38,7 +38,8 @@ def test_unknown_device_lists_known_ones():
 def _write_variant(tmp_path, edit):
     """An edited copy of h100.toml, with the measurement file its sources cite beside it."""
     (tmp_path / "validation").mkdir(exist_ok=True)
-    shutil.copy(hardware_dir().parent / "validation" / "h100_microbench.csv", tmp_path / "validation")
+    for name in ("h100_microbench.csv", "h100_microbench_sm.csv"):
+        shutil.copy(hardware_dir().parent / "validation" / name, tmp_path / "validation")
     (tmp_path / "hardware").mkdir(exist_ok=True)
     path = tmp_path / "hardware" / "dev.toml"
     path.write_text(edit((hardware_dir() / "h100.toml").read_text()))
@@ -47,7 +48,7 @@ def _write_variant(tmp_path, edit):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("units = 132\n", ""), r"dev.toml: field 'compute.units' missing"),
-    (lambda t: t.replace("hbm_latency_ns = 840", "hbm_latency_ns = -5"), r"'memory.hbm_latency_ns' must be > 0"),
+    (lambda t: t.replace("hbm_latency_ns = 353", "hbm_latency_ns = -5"), r"'memory.hbm_latency_ns' must be > 0"),
     (lambda t: t.replace("units = 132", "units = 13.5"), r"'compute.units' must be a whole number"),
     (lambda t: t.replace("gather_efficiency_fraction = 0.728", "gather_efficiency_fraction = 0.99"),
      r"'memory.gather_efficiency_fraction' inconsistent"),

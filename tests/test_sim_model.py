@@ -6,7 +6,7 @@ import pytest
 import simpy
 
 from topθ_hw.sim import load_device, simulate_call, simulate_kernel
-from topθ_hw.sim.model import HBM, assign_to_units
+from topθ_hw.sim.model import HBM, KernelOptions, assign_to_units
 from topθ_hw.sim.workload import DecodeStream, Shape, decode_call, fetched_units, kernel_workload, split_sums
 
 H100 = load_device("h100")
@@ -71,16 +71,20 @@ def test_list_scheduling_balances_uneven_items():
 
 
 def test_load_imbalance_from_masks_costs_time():
-    """Same number of kept V rows; crowded into one split instead of spread: slower."""
-    shape, N, streams = Shape(32, 8, 128, "bf16"), 32768, 2  # few items: a unit's own rate binds
+    """Same number of kept V pages; crowded into two splits instead of spread: slower, since
+    the splits that hold them run every tile with a V round trip while the others wait (two
+    pipeline stages: the round trip is on the critical path, as the lone-CTA scans of
+    sims/validation/h100_microbench_sm.csv show: page64 f=0.5 1.78 us/tile, f=0.05 1.61)."""
+    shape, N, streams = Shape(32, 8, 128, "bf16"), 32768, 2  # few items: one CTA per unit
     spread = np.zeros(N, bool)
-    spread[::4] = True
+    for page in range(0, N, 256):
+        spread[page:page + 64] = True
     crowded = np.zeros(N, bool)
     crowded[: N // 4] = True
     time = {}
     for name, kept in (("spread", spread), ("crowded", crowded)):
-        call = decode_call(shape, [DecodeStream(N, kept)] * streams, "toptheta", "row", split_tokens=4096)
-        time[name] = simulate_call(call, H100)["time_s"]
+        call = decode_call(shape, [DecodeStream(N, kept)] * streams, "toptheta", "page64", split_tokens=4096)
+        time[name] = simulate_call(call, H100, KernelOptions(stages=2))["time_s"]
         assert call.total("v") == streams * (N // 4) * 256
     assert time["crowded"] > 1.05 * time["spread"]
 

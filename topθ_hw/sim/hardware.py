@@ -47,11 +47,13 @@ class Memory:
     hbm_bandwidth_GBps: float = _spec("positive", "peak DRAM bandwidth (datasheet)")
     hbm_capacity_GB: float = _spec("positive", "DRAM capacity")
     hbm_channels: int = _spec("count", "independent DRAM channels the address space is interleaved over")
-    hbm_latency_ns: float = _spec("positive", "load-to-use DRAM latency while the device streams (loaded)")
+    hbm_latency_ns: float = _spec("positive", "load-to-use DRAM latency of one request, unloaded")
+    l2_latency_ns: float = _spec("positive", "load-to-use latency of an L2 hit")
+    l2_bandwidth_GBps: float = _spec("positive", "L2 read bandwidth, whole device")
     stream_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth for long streaming reads")
     gather_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth gathering single KV rows")
     gather_row_bytes: int = _spec("count", "row size the gather efficiency was measured at")
-    unit_bandwidth_GBps: float = _spec("positive", "most one unit can pull (memory-level parallelism / latency)")
+    unit_bandwidth_GBps: float = _spec("positive", "rate at which one CTA's tile copies arrive, alone on its unit")
     l2_MiB: float = _spec("nonnegative", "last-level on-chip cache (0: none)")
     sector_bytes: int = _spec("count", "smallest DRAM transaction")
     line_bytes: int = _spec("count", "cache line")
@@ -62,6 +64,18 @@ class Kernel:
     launch_overhead_us: float = _spec("positive", "time of one empty kernel launch between two events")
     launch_gap_us: float = _spec("positive", "extra time per further kernel launched right behind it")
     kv_page_tokens: int = _spec("count", "tokens per KV-cache page of the serving engine")
+    tile_compute_ns: float = _spec("positive", "split-KV decode CTA, 64-key tile, 4 warps: compute per tile, alone")
+    masked_tile_compute_ns: float = _spec("positive", "the same with a kept-V mask (keep loads, masking)")
+    row_mask_latency_ns: float = _spec("nonnegative", "further latency per tile of a one-byte-per-row mask")
+    wide_tile_compute_ns: float = _spec("positive", "128-key tile, 8 warps: compute per tile, alone")
+    wide_masked_tile_compute_ns: float = _spec("positive", "128-key tile, 8 warps, masked")
+    wide_row_mask_latency_ns: float = _spec("nonnegative", "128-key tile: further latency of a row mask")
+    issue_fraction: float = _spec("fraction", "share of a tile's compute that is issue work co-resident CTAs share")
+    issue_contention: float = _spec("nonnegative", "stretch of that issue work per further CTA in its loop")
+    cta_overhead_ns: float = _spec("nonnegative", "per-CTA cost on its unit that co-resident CTAs do not hide")
+    reduce_base_ns: float = _spec("positive", "body of a small merge kernel (one L2 round trip and a store)")
+    cta_dispatch_ns: float = _spec("nonnegative", "block-scheduler time per CTA of a short kernel")
+    combine_step_ns: float = _spec("nonnegative", "per split of a serial combine, besides its L2 round trip")
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,7 @@ def _check_consistency(d: Device, path: Path) -> None:
          "≤ memory.stream_efficiency_fraction (gathers cannot beat streams)"),
         (m.unit_bandwidth_GBps <= m.hbm_bandwidth_GBps, "memory.unit_bandwidth_GBps",
          "≤ memory.hbm_bandwidth_GBps"),
+        (m.l2_latency_ns < m.hbm_latency_ns, "memory.l2_latency_ns", "< memory.hbm_latency_ns"),
         (c.vector_TFLOPS <= c.matrix_TFLOPS, "compute.vector_TFLOPS", "≤ compute.matrix_TFLOPS"),
         (c.matrix_TFLOPS * 1e12 / (c.units * c.clock_Hz) >= 1, "compute.matrix_TFLOPS",
          "≥ 1 FLOP per clock per unit at compute.clock_Hz"),

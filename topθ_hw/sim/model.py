@@ -1,42 +1,49 @@
-"""SimPy model of one attention kernel pass on a device: units streaming work through HBM.
+"""SimPy model of one attention kernel pass on a device: SMs running CTAs, DRAM shared among them.
 
 Time unit: ``env.now`` is in nanoseconds throughout.
 
 Actors, in SimPy's example style (generator functions named after the actor, ``env`` first):
 
-- ``sm_worker(env, unit, hbm, chunks, log)``: one compute unit (SM, CU, core). It works
-  through the work items the block scheduler gave it, aggregated into a few chunks so the
-  event count stays small, double-buffered: the load of chunk c+1 is in flight while chunk c
-  is scored. When V addresses depend on the chunk's own scores (Top-θ deciding on the fly,
-  top-k gathering by index) the V gather is a second, dependent load after the scores.
-- :class:`HBM`: the DRAM channels. Addresses are interleaved over all channels at a few
-  hundred bytes, so every chunk is spread over every channel and the channels act as one pool
-  of bandwidth shared by the transfers in flight (processor sharing, exact for this kind of
-  interleaving; a one-chunk-one-channel Resource would invent imbalance no GPU has). Each
-  transfer is also capped at what one unit can keep in flight (Little's law), and its data
-  arrives one access latency after its last byte left the channels. Queueing on the channels
-  shows up as a lower rate per transfer when more transfers are in flight.
+- ``sm_worker(env, plan, hbm, log)``: one compute unit (SM, CU). The block scheduler gave it
+  some CTAs and it holds ``ctas_per_unit`` of them at once. The first wave starts together:
+  after its prologue latency the tile loops stream their bytes at the rate the per-tile model
+  (tiles.py: dependent round trips, pipelining depth, issue sharing among co-resident CTAs)
+  allows, then each CTA pays its fixed per-CTA cost. Later CTAs follow one another staggered,
+  so their prologues hide behind other CTAs' loops; they stream the rest of the SM's bytes at
+  the staggered rate.
+- :class:`HBM`: the DRAM channels. Addresses are interleaved over all channels at a few hundred
+  bytes, so the channels act as one pool of bandwidth shared by the transfers in flight
+  (processor sharing with per-transfer caps, water-filled): a transfer never goes faster than
+  its SM can take bytes, and when the SMs together ask for more than the device streams, each
+  gets its fair share. Tails and load imbalance (real masks) come out of this sharing.
 
-Work items are assigned to units the way a GPU's block scheduler does: in launch order, each
-to the unit that frees up first (list scheduling on estimated channel time), so the real
-per-item bytes from the masks decide the load imbalance.
+Merge / combine passes are short chains of L2 round trips; they are timed in closed form
+(tiles.py's constants, or the measured merge bodies) and run as one timeout.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simpy
 
 from topθ_hw.sim.hardware import Device
-from topθ_hw.sim.workload import BYTE_KINDS, Pass
+from topθ_hw.sim.tiles import (KernelOptions, TileWork, UnitParams, ctas_per_unit, life_ns,
+                               SECTOR_MASK_BYTES, startup_ns)
+from topθ_hw.sim.workload import BYTE_KINDS, TILE, Pass
+
+__all__ = ["HBM", "KernelOptions", "assign_to_units", "simulate_pass"]
 
 
 class HBM:
-    """DRAM channels as one processor-sharing pool with a per-transfer cap and a latency."""
+    """DRAM channels as one processor-sharing pool with per-transfer caps and a latency.
+
+    A transfer may stand for ``count`` identical ones (SMs doing the same thing at the same
+    time): it takes ``count`` shares of the pool, which keeps the event count independent of
+    the number of SMs for regular workloads."""
 
     def __init__(self, env: simpy.Environment, bandwidth_B_per_ns: float, unit_cap_B_per_ns: float,
                  latency_ns: float):
@@ -44,99 +51,92 @@ class HBM:
         self.bandwidth = bandwidth_B_per_ns
         self.cap = unit_cap_B_per_ns
         self.latency = latency_ns
-        self.in_flight: list = []     # heap of (virtual finish, sequence number, done event, latency?)
-        self.virtual = 0.0            # bytes served to each transfer in flight since t = 0
+        self.active: dict = {}       # id -> [bytes left (each), cap, count, done event, with latency]
+        self._rates: dict | None = None
         self.updated_ns = 0.0
-        self.busy_ns = 0.0            # time with at least one transfer in flight
+        self.busy_ns = 0.0
         self.generation = 0
         self.sequence = 0
 
-    def rate(self) -> float:
-        """Bytes per ns each transfer in flight gets now."""
-        return min(self.cap, self.bandwidth / len(self.in_flight)) if self.in_flight else 0.0
+    def rates(self) -> dict:
+        """Water-filling: each transfer gets min(its cap, level), the level using up the pool."""
+        if self._rates is None:
+            order = sorted(self.active.items(), key=lambda kv: kv[1][1])
+            left, weight, out = self.bandwidth, float(sum(t[2] for _, t in order)), {}
+            for k, t in order:
+                rate = min(t[1], left / weight)
+                out[k] = rate
+                left -= rate * t[2]
+                weight -= t[2]
+            self._rates = out
+        return self._rates
 
-    def read(self, nbytes: float, with_latency: bool = True) -> simpy.Event:
-        """Start a transfer of ``nbytes`` (channel-time bytes); the event fires when its data
-        arrived: its last byte left the channels, plus the access latency if ``with_latency``."""
+    def read(self, nbytes: float, with_latency: bool = True, cap: float | None = None,
+             count: int = 1) -> simpy.Event:
+        """Start ``count`` transfers of ``nbytes`` channel-time bytes, each at most ``cap`` B/ns;
+        the event fires when their last byte left the channels, plus the access latency if
+        ``with_latency``."""
         done = self.env.event()
         if nbytes <= 0:
             return done.succeed()
         self._advance()
         self.sequence += 1
-        heapq.heappush(self.in_flight, (self.virtual + nbytes, self.sequence, done, with_latency))
+        self.active[self.sequence] = [float(nbytes), self.cap if cap is None else cap, count, done, with_latency]
+        self._rates = None
         self._schedule_next_finish()
         return done
 
     def _advance(self) -> None:
         dt = self.env.now - self.updated_ns
-        if self.in_flight:
-            self.virtual += dt * self.rate()
+        if self.active and dt > 0:
+            for k, rate in self.rates().items():
+                self.active[k][0] -= rate * dt
             self.busy_ns += dt
         self.updated_ns = self.env.now
 
     def _schedule_next_finish(self) -> None:
         self.generation += 1
         generation = self.generation
-        dt = max(0.0, (self.in_flight[0][0] - self.virtual) / self.rate())
+        rates = self.rates()
+        dt = min(max(0.0, t[0]) / rates[k] for k, t in self.active.items())
         self.env.timeout(dt).callbacks.append(lambda _ev: self._finish(generation))
 
     def _finish(self, generation: int) -> None:
         if generation != self.generation:  # the set in flight changed since: a newer timer rules
             return
         self._advance()
-        tolerance = 1e-9 * max(1.0, self.virtual)
-        while self.in_flight and self.in_flight[0][0] <= self.virtual + tolerance:
-            _, _, done, with_latency = heapq.heappop(self.in_flight)
+        rates = self.rates()
+        for k in [k for k, t in self.active.items() if t[0] <= 1e-6 * rates[k] + 1e-9 * t[0]]:
+            _, _, _, done, with_latency = self.active.pop(k)
             if with_latency:
                 self.env.timeout(self.latency).callbacks.append(lambda _ev, d=done: d.succeed())
             else:
                 done.succeed()
-        if self.in_flight:
+        self._rates = None
+        if self.active:
             self._schedule_next_finish()
 
 
 @dataclass(frozen=True)
-class KernelOptions:
-    """How the simulated kernel is built (software, not device): see the module docstring.
-
-    dependent_round_trips: DRAM round trips per key tile that wait on each other before the
-    tile's V rows are in: 1 when V addresses follow from the tile's scores (Top-θ deciding on
-    the fly, K prefetched); 2 when a kept mask must be loaded first (the validation kernels).
-    resident_items: work items one unit runs at once (occupancy), overlapping their chains.
-    max_chunks: chunks per unit in the event model (more: finer, more events).
-    """
-    dependent_round_trips: int = 1
-    resident_items: int = 1
-    max_chunks: int = 2
+class UnitPlan:
+    """What ``count`` SMs alike do in a pass: the first wave (started together), the staggered rest."""
+    count: int
+    startup_ns: float
+    first_bytes: float
+    first_loop_ns: float
+    first_tail_ns: float
+    rest_bytes: float = 0.0
+    rest_ns: float = 0.0
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A slice of one unit's work: channel-time bytes (K, V and the rest), compute time, and the
-    chain of dependent round trips (one per key tile) its V gather cannot finish before."""
-    channel_bytes: float
-    compute_ns: float
-    chain_ns: float = 0.0
-
-
-def sm_worker(env, unit, hbm, chunks, drain_ns, log):
-    """One compute unit working through its chunks.
-
-    Within a chunk the unit computes on tiles as they stream in (the kernel's multi-stage
-    buffers), so a chunk takes the longest of its transfer, its compute and its chain of
-    dependent round trips. Only the first transfer waits a full access latency; later ones
-    were requested while the previous chunk streamed. The last tile's compute drains at the end.
-    """
+def sm_worker(env, plan: UnitPlan, hbm: HBM, log: list):
     start = env.now
-    for c, chunk in enumerate(chunks):
-        began = env.now
-        yield hbm.read(chunk.channel_bytes, with_latency=(c == 0))
-        # compute and the dependent chain started with the chunk: wait only for what is left
-        left = max(chunk.compute_ns, chunk.chain_ns) - (env.now - began)
-        if left > 0:
-            yield env.timeout(left)
-    yield env.timeout(drain_ns)
-    log.append((unit, start, env.now))
+    yield env.timeout(plan.startup_ns)
+    yield hbm.read(plan.first_bytes, False, plan.first_bytes / plan.first_loop_ns, plan.count)
+    yield env.timeout(plan.first_tail_ns)
+    if plan.rest_bytes > 0:
+        yield hbm.read(plan.rest_bytes, False, plan.rest_bytes / plan.rest_ns, plan.count)
+    log.append((plan.count, start, env.now))
 
 
 def assign_to_units(cost: np.ndarray, n_units: int) -> np.ndarray:
@@ -152,56 +152,146 @@ def assign_to_units(cost: np.ndarray, n_units: int) -> np.ndarray:
     return unit_of
 
 
-def pass_costs(p: Pass, device: Device) -> dict:
-    """Per work item: channel-time bytes (all, and the V gather's share) and compute time in ns."""
-    c = device.compute
-    overhead = p.runs * device.gather_overhead_bytes
-    other = sum(p.bytes[k] for k in BYTE_KINDS if k != "v").astype(float)
-    pad = math.ceil(p.matrix_rows / c.matrix_min_rows) * c.matrix_min_rows / p.matrix_rows
-    compute = (p.matrix_flops * pad / (c.matrix_TFLOPS * 1e3 / c.units)
-               + p.vector_flops / (c.vector_TFLOPS * 1e3 / c.units))
-    tiles = p.tiles if p.tiles is not None else np.ones(p.items)
-    return {"channel": other + p.bytes["v"] + overhead, "gather": p.bytes["v"] + overhead,
-            "compute": compute, "tiles": tiles.astype(float)}
+def unit_params(device: Device) -> UnitParams:
+    m, k = device.memory, device.kernel
+    return UnitParams(dram_ns=m.hbm_latency_ns, l2_ns=m.l2_latency_ns, rate=m.unit_bandwidth_GBps,
+                      issue_fraction=k.issue_fraction, issue_contention=k.issue_contention,
+                      cta_overhead_ns=k.cta_overhead_ns)
 
 
-def unit_chunks(p: Pass, device: Device, max_chunks: int, kernel: KernelOptions) -> list:
-    """Aggregate the pass's work items per unit, then cut each unit's work into equal chunks."""
-    c, m = device.compute, device.memory
-    cost = pass_costs(p, device)
-    unit_of = assign_to_units(cost["channel"] / m.unit_bandwidth_GBps + cost["compute"], c.units)
-    per_unit = {k: np.bincount(unit_of, weights=v, minlength=c.units) for k, v in cost.items()}
-    items = np.bincount(unit_of, minlength=c.units)
-    active = np.flatnonzero(items)
-    plans = []
-    for u in active:
-        total, gather, compute, tiles = (per_unit[k][u] for k in ("channel", "gather", "compute", "tiles"))
-        chain = 0.0
-        if p.v_dependent:
-            # per tile one round trip at the loaded latency (the channels are busy streaming
-            # every other unit's K), its own V bytes at one unit's rate, then its compute
-            round_trip = m.hbm_latency_ns + gather / tiles / m.unit_bandwidth_GBps
-            in_flight = min(kernel.resident_items, items[u])  # items resident on the unit at once
-            chain = (kernel.dependent_round_trips * round_trip + compute / tiles) * tiles / in_flight
-        n = int(min(max_chunks, items[u] * 4, max(1, tiles)))
-        chunk = Chunk(channel_bytes=total / n, compute_ns=compute / n, chain_ns=chain / n)
-        plans.append((int(u), [chunk] * n, compute / max(tiles, 1)))
-    return plans
+def item_arrays(p: Pass, device: Device, kernel: KernelOptions) -> dict:
+    """Per work item, at the kernel's tile length: channel bytes (gather runs included), K and V
+    bytes, loop iterations, iterations holding V, compute per tile."""
+    block = kernel.block_keys
+    tiles64 = (p.tiles if p.tiles is not None else np.ones(p.items)).astype(float)
+    per_block = max(1, block // TILE)
+    tiles = np.ceil(tiles64 / per_block)
+    v64 = (p.v_tiles if p.v_tiles is not None else tiles64).astype(float)
+    v_frac64 = np.divide(v64, tiles64, out=np.ones_like(tiles64), where=tiles64 > 0)
+    v_tiles = tiles * (1 - (1 - np.clip(v_frac64, 0, 1)) ** per_block)
+    other = sum(p.bytes[k] for k in BYTE_KINDS if k not in ("k", "v")).astype(float)
+    channel = other + p.bytes["k"] + p.bytes["v"] + p.runs * device.gather_overhead_bytes
+    return {"channel": channel, "k": p.bytes["k"] + other, "v": p.bytes["v"].astype(float), "tiles": tiles,
+            "v_tiles": v_tiles, "flops": p.matrix_flops / np.maximum(tiles, 1),
+            "vflops": p.vector_flops / np.maximum(tiles, 1)}
 
 
-def simulate_pass(p: Pass, device: Device, kernel: KernelOptions = KernelOptions()) -> dict:
+def tile_compute_ns(device: Device, kernel: KernelOptions, masked: bool, matrix_rows: int,
+                    flops_per_tile: float, vector_flops_per_tile: float, row_mask: bool) -> tuple[float, float]:
+    """(compute per tile alone on an SM, extra latency per tile): the kernel's measured per-tile
+    time, plus the matrix work beyond the decode reference (16 padded rows) when there is more."""
+    k, c = device.kernel, device.compute
+    wide = kernel.block_keys > TILE
+    base = ((k.wide_masked_tile_compute_ns if masked else k.wide_tile_compute_ns) if wide
+            else (k.masked_tile_compute_ns if masked else k.tile_compute_ns))
+    extra = (k.wide_row_mask_latency_ns if wide else k.row_mask_latency_ns) if row_mask else 0.0
+    rows = 64 if kernel.style == "fa2" else max(c.matrix_min_rows, matrix_rows)
+    pad = math.ceil(rows / c.matrix_min_rows) * c.matrix_min_rows / max(1, matrix_rows)
+    reference = 4.0 * c.matrix_min_rows * kernel.block_keys * 128  # 16 rows, d = 128: what base was measured on
+    unit_matrix = c.matrix_TFLOPS * 1e3 / c.units
+    beyond = max(0.0, flops_per_tile * pad - reference) / unit_matrix
+    return base + beyond + vector_flops_per_tile / (c.vector_TFLOPS * 1e3 / c.units), extra
+
+
+def unit_groups(p: Pass, device: Device, kernel: KernelOptions, slots_per_unit: int) -> list:
+    """SMs grouped by what the block scheduler gave them: [(count, (ctas, per-SM sums...))].
+    Cached on the pass: it depends on the kernel and the device's shape, not its timings."""
+    units = device.compute.units
+    key = (kernel, units, slots_per_unit, device.gather_overhead_bytes)
+    cache = p.__dict__.setdefault("_unit_groups", {})
+    if key not in cache:
+        a = item_arrays(p, device, kernel)
+        cost = a["channel"] / device.memory.unit_bandwidth_GBps + a["tiles"] * device.kernel.tile_compute_ns
+        unit_of = assign_to_units(cost, units * slots_per_unit) % units
+        sums = {k: np.bincount(unit_of, weights=v, minlength=units) for k, v in a.items()}
+        counts = np.bincount(unit_of, minlength=units)
+        groups: dict = {}
+        for unit in np.flatnonzero(counts):  # SMs with as many CTAs and sums within a few % run alike
+            g = (int(counts[unit]),) + tuple(float(f"{sums[k][unit]:.2g}") for k in a)
+            total = groups.setdefault(g, [0, np.zeros(len(a))])
+            total[0] += 1
+            total[1] += [sums[k][unit] for k in a]
+        cache[key] = [(n, (g[0],) + tuple(v / n)) for g, (n, v) in groups.items()]
+    return cache[key]
+
+
+def unit_plans(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -> list[UnitPlan]:
+    u = unit_params(device)
+    slots_per_unit = ctas_per_unit(kernel, row_bytes, device.compute.sram_per_unit_KiB)
+    masked = bool(p.v_dependent)
+    keep_bytes = kernel.block_keys / max(1, p.fetch_tokens)
+    base = TileWork(tiles=1, k_bytes=0, v_bytes=0, v_fraction=0, masked=masked,
+                    mask_miss=min(1.0, keep_bytes / SECTOR_MASK_BYTES), compute_ns=0, extra_latency_ns=0,
+                    stages=kernel.stages, fa2=kernel.style == "fa2")
+    return [replace(plan_for(key, base, device, kernel, p, slots_per_unit, u), count=count)
+            for count, key in unit_groups(p, device, kernel, slots_per_unit)]
+
+
+def plan_for(key, base: TileWork, device, kernel, p: Pass, slots: int, u: UnitParams) -> UnitPlan:
+    n, channel, k, v, tiles, v_tiles, flops, vflops = key
+    compute, extra = tile_compute_ns(device, kernel, base.masked, p.matrix_rows, flops / n, vflops / n,
+                                     base.masked and p.fetch_tokens == 1)
+    w = replace(base, tiles=tiles / n, k_bytes=k / max(tiles, 1),
+                v_bytes=v / v_tiles if v_tiles > 0 else 0.0, v_fraction=v_tiles / max(tiles, 1),
+                compute_ns=compute, extra_latency_ns=extra)
+    if not base.masked and not base.fa2:
+        w = replace(w, v_fraction=1.0, v_bytes=v / max(tiles, 1))
+    first = min(n, slots)
+    life, loop = life_ns(w, u, first, staggered=False)
+    start = startup_ns(w, u)
+    first_bytes = channel * first / n
+    plan = UnitPlan(count=1, startup_ns=start, first_bytes=first_bytes, first_loop_ns=max(loop, 1e-3),
+                    first_tail_ns=life - start - loop)
+    if n > first:
+        stag_life, _ = life_ns(w, u, slots, staggered=True)
+        plan = replace(plan, rest_bytes=channel - first_bytes, rest_ns=(n - first) / slots * stag_life)
+    return plan
+
+
+def reduce_ns(p: Pass, device: Device, kernel: KernelOptions) -> float:
+    """Merge (Triton) or combine (FA2) of the split partials: chains of L2 round trips."""
+    k, m = device.kernel, device.memory
+    rows, splits = p.items, int(p.splits)
+    if kernel.style == "fa2":  # one CTA per 4 rows gathers the splits' LSE, then walks their partials
+        return k.reduce_base_ns + rows / 4 * k.cta_dispatch_ns + (splits + 1) * (m.l2_latency_ns + k.combine_step_ns)
+    if kernel.reduce_ns:
+        return measured_reduce_ns(kernel.reduce_ns, rows, splits)
+    nbytes = float(sum(p.bytes[kind].sum() for kind in BYTE_KINDS))
+    return k.reduce_base_ns + rows * k.cta_dispatch_ns + nbytes / m.l2_bandwidth_GBps
+
+
+def measured_reduce_ns(table: tuple, rows: int, splits: int) -> float:
+    """Interpolate measured merge bodies in rows (linear) and log2 of the padded split count."""
+    s_pad = max(16, 2 ** math.ceil(math.log2(max(1, splits))))
+    by_rows: dict = {}
+    for r, s, ns in table:
+        by_rows.setdefault(r, []).append((math.log2(s), ns))
+    def at(r):
+        xs, ys = zip(*sorted(by_rows[r]))
+        return float(np.interp(math.log2(s_pad), xs, ys))
+    known = sorted(by_rows)
+    if rows <= known[0] or len(known) == 1:
+        return at(known[0]) * (rows / known[0] if rows < known[0] else 1.0)
+    hi = next((r for r in known if r >= rows), known[-1])
+    lo = max(r for r in known if r <= min(rows, hi))
+    if hi == lo:
+        return at(hi) * rows / hi
+    return at(lo) + (at(hi) - at(lo)) * (rows - lo) / (hi - lo)
+
+
+def simulate_pass(p: Pass, device: Device, kernel: KernelOptions = KernelOptions(), row_bytes: int = 256) -> dict:
     """Run one kernel pass; returns its body time (launch excluded), events and per-unit records."""
     env = simpy.Environment()
-    m = device.memory
-    hbm = HBM(env, bandwidth_B_per_ns=device.stream_bandwidth_Bps * 1e-9,
-              unit_cap_B_per_ns=m.unit_bandwidth_GBps,
-              latency_ns=m.hbm_latency_ns)
     log: list = []
-    for unit, chunks, drain_ns in unit_chunks(p, device, kernel.max_chunks, kernel):
-        env.process(sm_worker(env, unit, hbm, chunks, drain_ns, log))
+    if p.name.endswith("reduce"):
+        env.timeout(reduce_ns(p, device, kernel)).callbacks.append(lambda _ev: log.append((0, 0.0, env.now)))
+    else:
+        hbm = HBM(env, bandwidth_B_per_ns=device.stream_bandwidth_Bps * 1e-9,
+                  unit_cap_B_per_ns=device.memory.unit_bandwidth_GBps, latency_ns=device.memory.hbm_latency_ns)
+        for plan in unit_plans(p, device, kernel, row_bytes):
+            env.process(sm_worker(env, plan, hbm, log))
     events = 0
     while env.peek() != math.inf:
         env.step()
         events += 1
-    return {"body_ns": env.now, "events": events, "hbm_busy_ns": hbm.busy_ns,
-            "units_used": len(log), "unit_log": log}
+    return {"body_ns": env.now, "events": events, "units_used": len(log), "unit_log": log}

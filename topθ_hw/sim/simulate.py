@@ -13,7 +13,8 @@ import math
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device, load_device
-from topθ_hw.sim.model import KernelOptions, simulate_pass
+from topθ_hw.sim.model import simulate_pass
+from topθ_hw.sim.tiles import KernelOptions, fa2_num_splits
 from topθ_hw.sim.workload import BYTE_KINDS, TILE, AttentionCall, kernel_workload
 
 
@@ -32,9 +33,12 @@ def check_fits(call: AttentionCall, device: Device, context_rows: int) -> None:
 
 
 def pass_roofline_ns(p, device: Device) -> float:
+    """Bytes at streaming bandwidth (merge passes: at L2 bandwidth, their partials were just
+    written), or FLOPs at peak, whichever is longer."""
     c = device.compute
     total = sum(int(p.bytes[k].sum()) for k in BYTE_KINDS)
-    return max(total / (device.stream_bandwidth_Bps * 1e-9),
+    bandwidth = device.memory.l2_bandwidth_GBps if p.name.endswith("reduce") else device.stream_bandwidth_Bps * 1e-9
+    return max(total / bandwidth,
                float(p.matrix_flops.sum()) / (c.matrix_TFLOPS * 1e3),
                float(p.vector_flops.sum()) / (c.vector_TFLOPS * 1e3))
 
@@ -57,7 +61,7 @@ def simulate_call(call: AttentionCall, device: Device, kernel: KernelOptions = K
     launch_ns = (k.launch_overhead_us + (len(call.passes) - 1) * k.launch_gap_us) * 1e3
     time_ns, roofline_ns, events = launch_ns, launch_ns, 0
     for p in call.passes:
-        sim = simulate_pass(p, device, kernel)
+        sim = simulate_pass(p, device, kernel, call.shape.row_bytes)
         time_ns += sim["body_ns"]
         roofline_ns += pass_roofline_ns(p, device)
         events += sim["events"]
@@ -102,16 +106,10 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
             "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}
 
 
-def fa2_split_tokens(batch: int, kv_heads: int, context: int, units: int, max_splits: int = 128) -> int:
-    """Split length FlashAttention-2's num_splits_heuristic would pick (fill the units in waves)."""
-    blocks = batch * kv_heads
-    n_tiles = math.ceil(context / TILE)
-    if blocks >= 0.8 * units:
-        return n_tiles * TILE
-    eff = []
-    for s in range(1, min(max_splits, units, n_tiles) + 1):
-        waves = blocks * s / units
-        eff.append(waves / math.ceil(waves))
-    best = max(eff)
-    splits = next(i + 1 for i, e in enumerate(eff) if e >= 0.85 * best)
-    return math.ceil(n_tiles / splits) * TILE
+def fa2_split_tokens(batch: int, kv_heads: int, context: int, units: int, block_keys: int = 128) -> int:
+    """Keys per split FlashAttention-2 uses for GQA decode (torch SDPA's flash backend): its
+    num_splits heuristic over batch × KV heads blocks (the query's group folded into the rows),
+    each split a whole number of ``block_keys`` key blocks."""
+    n_blocks = math.ceil(context / block_keys)
+    splits = fa2_num_splits(batch * kv_heads, n_blocks, units)
+    return math.ceil(n_blocks / splits) * block_keys

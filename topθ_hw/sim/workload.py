@@ -69,6 +69,9 @@ class Pass:
     matrix_rows: int                 # query rows a matrix instruction works on (padding)
     v_dependent: bool = False        # V addresses known only after this item's scores
     tiles: np.ndarray | None = None  # 64-key tiles per item: dependent round trips when v_dependent
+    v_tiles: np.ndarray | None = None  # of those, tiles holding at least one kept V unit (None: all)
+    fetch_tokens: int = 1            # keys per fetch unit (1: rows; P: pages), one keep byte each
+    splits: int = 1                  # reduce passes: partials merged per row
 
     @property
     def items(self) -> int:
@@ -135,15 +138,21 @@ def _split_tokens(context: int, split_tokens: int) -> np.ndarray:
 
 
 def _v_per_split(stream, tokens, page, shape, granule, split_tokens):
-    """V bytes, separate runs and V rows multiplied per split, at the fetch granularity."""
+    """V bytes, separate runs, V rows multiplied and 64-key tiles holding V, per split, at the
+    fetch granularity."""
+    tiles = -(-tokens // TILE)
     if stream.kept_rows is None:
-        return tokens * shape.row_bytes, np.ones_like(tokens), tokens
+        return tokens * shape.row_bytes, np.ones_like(tokens), tokens, tiles
     if len(stream.kept_rows) != stream.context:
         raise UserError(f"kept V mask has {len(stream.kept_rows)} rows for context {stream.context}")
     units = fetched_units(np.asarray(stream.kept_rows, dtype=bool), page)
     kept, runs = split_sums(units, split_tokens // page, len(tokens))
     unit_bytes = page * shape.row_bytes if page > 1 else _round_up(shape.row_bytes, granule)
-    return kept * unit_bytes, runs, np.minimum(kept * page, tokens)
+    rows = np.zeros(len(tokens) * split_tokens, dtype=bool)
+    fetched = np.repeat(units, page)[: stream.context]
+    rows[: len(fetched)] = fetched
+    v_tiles = rows.reshape(len(tokens), split_tokens // TILE, TILE).any(axis=2).sum(axis=1)
+    return kept * unit_bytes, runs, np.minimum(kept * page, tokens), v_tiles
 
 
 def _empty_bytes(n: int) -> dict:
@@ -163,7 +172,7 @@ def _split_pass(streams, shape, page, granule, split_tokens, method, role):
         n = len(tokens)
         b = _empty_bytes(n)
         cols = {"runs": np.ones(n, dtype=np.int64), "matrix": np.zeros(n), "vector": np.zeros(n),
-                "tiles": -(-tokens // TILE)}
+                "tiles": -(-tokens // TILE), "v_tiles": -(-tokens // TILE)}
         partial_out = G * (d + 2) * FP32 if n > 1 else G * row  # split partials, or the output itself
         b["other"] += partial_out
         b["other"][0] += G * row  # the query, once per stream (later splits hit L2)
@@ -174,7 +183,7 @@ def _split_pass(streams, shape, page, granule, split_tokens, method, role):
         if role == "scores":
             b["scores"] += G * tokens * FP32
         if role in ("fused", "gather"):
-            v_bytes, v_runs, v_rows = _v_per_split(s, tokens, page, shape, granule, split_tokens)
+            v_bytes, v_runs, v_rows, cols["v_tiles"] = _v_per_split(s, tokens, page, shape, granule, split_tokens)
             b["v"] += v_bytes
             cols["runs"] += v_runs
             cols["matrix"] += 2.0 * G * d * v_rows
@@ -188,7 +197,8 @@ def _split_pass(streams, shape, page, granule, split_tokens, method, role):
     merged = _concat(parts)
     return Pass(name=f"split_kv_{role}", bytes={k: merged[k] for k in BYTE_KINDS}, runs=merged["runs"],
                 matrix_flops=merged["matrix"], vector_flops=merged["vector"], matrix_rows=G,
-                v_dependent=(method != "dense" and role != "scores"), tiles=merged["tiles"])
+                v_dependent=(method != "dense" and role != "scores"), tiles=merged["tiles"],
+                v_tiles=merged["v_tiles"], fetch_tokens=page)
 
 
 def _select_pass(streams, shape):
@@ -211,7 +221,8 @@ def _reduce_pass(streams, shape, split_tokens):
     b = _empty_bytes(len(splits))
     b["other"] = splits * (d + 2) * FP32 + shape.row_bytes
     return Pass(name="split_kv_reduce", bytes=b, runs=np.ones(len(splits), dtype=np.int64),
-                matrix_flops=np.zeros(len(splits)), vector_flops=3.0 * d * splits, matrix_rows=1)
+                matrix_flops=np.zeros(len(splits)), vector_flops=3.0 * d * splits, matrix_rows=1,
+                splits=int(splits.max()))
 
 
 def decode_call(shape: Shape, streams: list[DecodeStream], method: str, fetch: str,
@@ -320,7 +331,9 @@ def prefill_call(shape: Shape, tiles: dict, method: str, fetch: str, granule_byt
         b["scores"] = 2 * G * rows * ctx * FP32  # the score tile written, then read for selection
         vector = vector + 3.0 * RADIX_SELECT_PASSES * G * rows * ctx
     p = Pass(name="prefill_tiled", bytes=b, runs=runs, matrix_flops=matrix, vector_flops=vector,
-             matrix_rows=TILE, v_dependent=(method != "dense"), tiles=tiles["kv_tiles_total"].astype(np.int64))
+             matrix_rows=TILE * G, v_dependent=(method != "dense"), tiles=tiles["kv_tiles_total"].astype(np.int64),
+             v_tiles=(tiles["kv_tiles_total"] if method == "dense" else tiles["kv_tiles_nonempty"]).astype(np.int64),
+             fetch_tokens=page)
     kept = float(np.sum(tiles["kept_v_rows"])) / max(1, int(np.sum(ctx))) if method != "dense" else 1.0
     return AttentionCall(phase="prefill", method=method, fetch=fetch, shape=shape, passes=[p],
                          kept_v_fraction=kept)
