@@ -76,7 +76,10 @@ def attend(method: LiveMethod, query: torch.Tensor, key: torch.Tensor, value: to
         rows = Rows.of(r1 - r0, first + r1, q.device)
         q_block = q[:, :, :, r0:r1].reshape(B, Hkv, G * (r1 - r0), d)
         scores = (q_block @ k[:, :, :first + r1].transpose(-1, -2)).mul_(scaling).view(B, Hq, r1 - r0, -1)
-        p, kept = method.weights(scores, rows, layer)
+        # methods that decide from Q and K themselves (Quest's page bounds, H2O's per-KV-head cache)
+        seen = ({"query": q_block.view(B, Hq, r1 - r0, d), "key": k[:, :, :first + r1]}
+                if getattr(method, "needs_qk", False) else {})
+        p, kept = method.weights(scores, rows, layer, **seen)
         block = (p.view(B, Hkv, G * (r1 - r0), -1) @ v[:, :, :first + r1]).view(B, Hkv, G, r1 - r0, d)
         if method.vmc:
             lost = (1.0 - p.sum(-1)).view(B, Hkv, G, r1 - r0, 1)   # float32: the lost mass is small
