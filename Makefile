@@ -20,5 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/toptheta demo
 
-test: setup
+# Headless Chromium (Debian's package) opens the HTML report in tests/test_report.py.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
 	$(VENV)/bin/pytest -q
