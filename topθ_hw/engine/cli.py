@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-METHOD_NAMES = ("toptheta", "topk", "dense")
+METHOD_NAMES = ("toptheta", "topk", "dense", "topp", "quest", "streaming", "h2o")
 
 
 def names(text: str | None) -> list[str] | None:
@@ -51,7 +51,15 @@ def register(subparsers) -> None:
     rep.add_argument("--traces", required=True, help="trace store")
     rep.add_argument("--method", choices=METHOD_NAMES, required=True)
     rep.add_argument("--thresholds", help="threshold artifact from `toptheta calibrate` (Top-θ only)")
-    add_k_options(rep, "top-k: kept per row (Top-θ takes k per layer from the thresholds)")
+    add_k_options(rep, "top-k: kept per row; Quest, H2O: token budget per row; StreamingLLM: sinks + window "
+                  "when --window is not given (Top-θ takes k per layer from the thresholds)")
+    rep.add_argument("--p", type=float, default=0.9, help="top-p: softmax mass to keep, in (0, 1] (default 0.9)")
+    rep.add_argument("--page-size", type=int, default=16, help="Quest: tokens per page, a power of two (default 16)")
+    rep.add_argument("--sinks", type=int, default=4, help="StreamingLLM: attention-sink tokens kept (default 4)")
+    rep.add_argument("--window", type=int, default=None,
+                     help="StreamingLLM: recent tokens kept (default --k minus --sinks)")
+    rep.add_argument("--recent", type=int, default=None,
+                     help="H2O: most recent tokens never evicted (default half of --k)")
     rep.add_argument("--placement", choices=("pre", "post"), default=None,
                      help="Top-θ placement; must match the thresholds (default: theirs)")
     rep.add_argument("--capk", action="store_true", help="Top-θ: keep at most k survivors, the most recent")
@@ -119,6 +127,10 @@ def build_method(args):
                                    lam=args.lam, vmc=args.vmc, lookup=args.lookup, extrapolate=args.extrapolate)
     if args.method == "topk":
         return METHODS["topk"](k=args.k, layer_k=args.layer_k)
+    if args.method in ("topp", "quest", "streaming", "h2o"):
+        from topθ_hw.compare.methods import engine_method
+        return engine_method(args.method, args.k, p=args.p, page_size=args.page_size, sinks=args.sinks,
+                             window=args.window, recent=args.recent, layer_budget=args.layer_k)
     return METHODS["dense"]()
 
 
