@@ -153,3 +153,16 @@ def test_architecture_outside_the_attention_interface_is_named():
     with pytest.raises(UserError, match="model type 'bloom'"):
         with capture(bloom, ListSink()):
             pass
+
+
+def test_write_error_in_the_writer_thread_reaches_the_caller(lm):
+    from topθ_hw.capture.run import generate_with_capture, trace_meta
+    from topθ_hw.errors import TraceError
+
+    class FullDisk:
+        def append(self, layer, q, k, v):
+            raise TraceError("no space left on device")
+
+    with pytest.raises(TraceError, match="no space left"):
+        generate_with_capture(lm, [1, 2, 3, 4], 2, FullDisk(), trace_meta(lm))
+    assert lm.model.config._attn_implementation == "sdpa"

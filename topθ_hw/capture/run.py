@@ -6,7 +6,9 @@ Python API: :func:`capture_texts` (what ``toptheta capture`` runs).
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -99,6 +101,38 @@ def trace_meta(lm: LoadedModel):
                "decoding": "greedy, fixed number of steps (EOS not special)", "config": full_config})
 
 
+class BackgroundAppender:
+    """Runs ``sink.append`` in a worker thread, so compressing and writing rows overlaps the
+    model's next layers (codecs release the GIL). Rows keep their order; a bounded queue
+    stops a slow disk from piling up memory; a write error is raised in the caller."""
+
+    def __init__(self, sink, max_pending: int = 256):
+        self.sink, self.error = sink, None
+        self.pending = queue.Queue(max_pending)
+        self.worker = threading.Thread(target=self._work, name="toptheta-trace-writer", daemon=True)
+        self.worker.start()
+
+    def _work(self) -> None:
+        while (item := self.pending.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.append(*item)
+                except BaseException as exc:  # handed to the capturing thread
+                    self.error = exc
+
+    def append(self, layer, q, k, v) -> None:
+        if self.error is not None:
+            raise self.error
+        self.pending.put((layer, q, k, v))
+
+    def close(self) -> None:
+        """Wait until every row is written; re-raise a write error."""
+        self.pending.put(None)
+        self.worker.join()
+        if self.error is not None:
+            raise self.error
+
+
 def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, sink, meta,
                           progress=None) -> list[int]:
     """Prefill ``ids`` then ``max_new_tokens`` greedy decode steps, all recorded into ``sink``.
@@ -106,12 +140,32 @@ def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, 
     Returns the tokens that own the stored rows: the prompt followed by the token fed at
     each decode step (row t of every layer belongs to token t).
     """
+    tokens = list(ids)
+    appender = BackgroundAppender(sink)
+    try:
+        with capture(lm.model, appender) as recorder:
+            greedy_generate(lm.model, ids, max_new_tokens, tokens, progress)
+    finally:
+        appender.close()  # all rows on disk (or the write error) before the sequence is finalised
+    recorder.check_all_layers_seen(1 + max_new_tokens)
+    for layer, s in recorder.scalings.items():
+        if s != meta.scalings[layer]:
+            raise UserError(f"layer {layer}: attention was called with scaling {s}, but the module says "
+                            f"{meta.scalings[layer]}; the stored scaling would be wrong")
+    return tokens
+
+
+def greedy_generate(model, ids: list[int], max_new_tokens: int, tokens: list[int] | None = None,
+                    progress=None):
+    """Prefill ``ids``, then ``max_new_tokens`` greedy decode steps (EOS not special).
+
+    Appends the token fed to each decode step to ``tokens``; returns the last logits.
+    """
     import torch
     from transformers import DynamicCache
 
-    model = lm.model
-    tokens = list(ids)
-    with torch.inference_mode(), capture(model, sink) as recorder:
+    tokens = [] if tokens is None else tokens
+    with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits
         if progress:
@@ -122,12 +176,7 @@ def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, 
             logits = model(input_ids=torch.tensor([[next_token]]), cache=cache, use_cache=True).logits
             if progress:
                 progress.update(1)
-        recorder.check_all_layers_seen(1 + max_new_tokens)
-    for layer, s in recorder.scalings.items():
-        if s != meta.scalings[layer]:
-            raise UserError(f"layer {layer}: attention was called with scaling {s}, but the module says "
-                            f"{meta.scalings[layer]}; the stored scaling would be wrong")
-    return tokens
+    return logits
 
 
 def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: int = 512,
