@@ -58,8 +58,9 @@ def provenance(sources, df: pd.DataFrame) -> str:
     extrapolated = int((df["kept_source"] == "extrapolated").sum())
     return (f"topθ_hw.sim decode-attention model on device files for {', '.join(devices)} "
             f"(sims/hardware/*.toml); kept V-row/page fractions measured by replaying {', '.join(traces)} "
-            f"({extrapolated} of {len(df)} points extrapolated past the measured context at constant kept "
-            f"count); results {files_named(sources)}")
+            f"({extrapolated} of {len(df)} points extrapolated past the measured context: measured masks "
+            f"stretched to the longer context, kept count held, see topθ_hw/study/kept.py); results "
+            f"{files_named(sources)}")
 
 
 def cost_by_device(sources, df: pd.DataFrame) -> Figure:
