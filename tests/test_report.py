@@ -240,3 +240,16 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     assert not broken, f"images that did not load: {broken}"
     assert not errors, f"console errors: {errors}"
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+
+
+def test_report_on_a_study_without_sparse_methods(tmp_path):
+    """A dense-only study (no replay needed): cost and bandwidth figures, no speedup figures."""
+    study = tmp_path / "dense.toml"
+    study.write_text(f'[axes]\ndevice = ["h100", "tpu-v5e"]\nmethod = ["dense"]\ncontext = [8192, 32768]\n'
+                     f'bandwidth_scale = [0.5, 1.0]\ntrace = ["{TRACE}"]\n')
+    results = tmp_path / "dense.parquet"
+    run_study(study, results, workers=0, progress=False)
+    build_report([results], tmp_path / "report")
+    pngs = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
+    assert pngs == ["bandwidth_whatif", "cost_by_device"]
+    assert "simulated" in (tmp_path / "report" / "report.md").read_text()

@@ -65,7 +65,8 @@ def summary_lines(inputs: Inputs) -> list[str]:
 
 def _study_summary(df: pd.DataFrame) -> list[str]:
     """Best simulated speedup of each sparse method per device, at the longest context studied."""
-    sparse = df[(df["engine_method"] != "dense") & (df["context"] == df["context"].max())]
+    sparse = df[(df["engine_method"] != "dense") & (df["context"] == df["context"].max())
+                & df["speedup_vs_dense"].notna()]
     lines = []
     for (device, method), t in sparse.groupby(["device", "method"]):
         best = t.loc[t["speedup_vs_dense"].idxmax()]

@@ -118,6 +118,7 @@ def speedup_vs_context(sources, df: pd.DataFrame) -> Figure:
 
 
 def _dense_roofline(ax, t, line) -> None:
+    """The dense call's bandwidth roofline beside its simulated line."""
     if (t["engine_method"] == "dense").all():
         roofline = t["bytes_total"] / (t["hbm_bandwidth_GBps"] * 1e9) * 1e6
         ax.plot(t["bandwidth_scale"], roofline, ls=":", color="black", label="dense roofline (datasheet)")
@@ -150,12 +151,14 @@ def page_size_effect(sources, df: pd.DataFrame) -> Figure:
 
 
 def study_figures(sources) -> list[Figure]:
+    """The figures the study's axes support: speedups need dense and a sparse method beside it."""
     df = study_frame(sources)
     figures = [cost_by_device(sources, df)]
-    if df["context"].nunique() > 1:
+    compared = df["speedup_vs_dense"].notna() & (df["engine_method"] != "dense")
+    if df["context"].nunique() > 1 and compared.any():
         figures.append(speedup_vs_context(sources, df))
     if df["bandwidth_scale"].nunique() > 1:
         figures.append(bandwidth_whatif(sources, df))
-    if df["page_size"].nunique() > 1:
+    if df["page_size"].nunique() > 1 and compared.any():
         figures.append(page_size_effect(sources, df))
     return figures
