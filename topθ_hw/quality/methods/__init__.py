@@ -2,7 +2,11 @@
 
 from .base import LiveMethod, Rows
 from .dense import Dense
+from .h2o import H2O
+from .quest import Quest
+from .streaming import StreamingLLM
 from .topk import TopK
+from .topp import TopP
 from .toptheta import TopTheta
 
-__all__ = ["Dense", "LiveMethod", "Rows", "TopK", "TopTheta"]
+__all__ = ["Dense", "H2O", "LiveMethod", "Quest", "Rows", "StreamingLLM", "TopK", "TopP", "TopTheta"]
