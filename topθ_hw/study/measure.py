@@ -111,8 +111,9 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, client=None, l
             for method, result in job["results"].items():
                 parts.write_json_atomic(Path(job["cache"][method]), result)
 
-    run_tasks(list(jobs.values()), measure_job, save, client=client, progress=progress, desc="replays",
-              unit="k")
+    # In this process each replay shows its own bar; on a cluster, one bar counts finished jobs.
+    run_tasks(list(jobs.values()), measure_job, save, client=client, progress=progress and client is not None,
+              desc="replays", unit="k")
     return {key: _decode(parts.read_json(path)) for key, path in cached.items()}
 def _decode(raw: dict) -> dict:
     """JSON keys are strings; the fractions are looked up by int context and page size."""
