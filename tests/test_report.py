@@ -253,3 +253,16 @@ def test_report_on_a_study_without_sparse_methods(tmp_path):
     pngs = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["bandwidth_whatif", "cost_by_device"]
     assert "simulated" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_where_it_pays_is_the_best_setting(report_inputs, report_dir):
+    """Each row is the fastest (k, batch, page) of its device, method and context at datasheet bandwidth."""
+    study, _ = read_table(report_inputs[-1], kind="study-results")
+    pays = pd.read_csv(report_dir / "where_it_pays.csv")
+    assert set(pays["method"]) == {"topk", "toptheta"} and set(pays["device"]) == {"h100", "a100"}
+    at_one = study[study["bandwidth_scale"] == 1.0]
+    for _, row in pays.iterrows():
+        same = at_one[(at_one["device"] == row["device"]) & (at_one["context"] == row["context"])]
+        dense = same[same["method"] == "dense"].set_index(["batch", "page_size"])["time_s"]
+        sparse = same[same["method"] == row["method"]].set_index(["batch", "page_size"])["time_s"]
+        assert row["speedup_vs_dense"] == pytest.approx((dense / sparse).max())
