@@ -13,6 +13,7 @@ import pandas as pd
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device
 from topθ_hw.sim.simulate import simulate_call, utilisation
+from topθ_hw.sim.alternatives import ALTERNATIVES, alternative_prefill_call, decode_call as alternative_decode_call
 from topθ_hw.sim.workload import (BYTE_KINDS, METHODS, DecodeStream, Shape, decode_call, prefill_call)
 
 METHOD_ALIASES = {"top_theta": "toptheta", "top-theta": "toptheta", "top_k": "topk", "top-k": "topk"}
@@ -33,8 +34,9 @@ def shape_from_meta(meta: dict) -> Shape:
 
 def method_from_meta(meta: dict) -> str:
     method = METHOD_ALIASES.get(str(meta.get("method")), str(meta.get("method")))
-    if method not in METHODS:
-        raise UserError(f"statistics metadata field 'method' is {meta.get('method')!r}; expected one of {METHODS}")
+    if method not in METHODS + ALTERNATIVES:
+        raise UserError(f"statistics metadata field 'method' is {meta.get('method')!r}; "
+                        f"expected one of {METHODS + ALTERNATIVES}")
     return method
 
 
@@ -88,8 +90,12 @@ def workload_from_stats(df: pd.DataFrame, meta: dict, fetch: str = "row", split_
         seqs = sorted(rows["sequence"].unique())
         key = {"sequence": "+".join(seqs), "phase": "decode", "step": int(rows["step"].iloc[0]),
                "layer": int(rows["layer"].iloc[0]), "batch": len(seqs), "context_len": int(rows["context_len"].max())}
-        yield key, decode_call(shape, decode_streams(rows, method, shape.group), method, fetch, split_tokens,
-                               granule_bytes)
+        streams = decode_streams(rows, method, shape.group)
+        if method in ALTERNATIVES:   # their own access patterns (sim/alternatives.py)
+            yield key, alternative_decode_call(shape, streams, method, meta.get("params") or {}, fetch, split_tokens,
+                                               granule_bytes)
+            continue
+        yield key, decode_call(shape, streams, method, fetch, split_tokens, granule_bytes)
     prefill = groups[groups["phase"] == "prefill"]
     for (seq, layer), rows in prefill.groupby(["sequence", "layer"], sort=True):
         tiles = {c: rows[c].to_numpy() for c in rows.columns if c != "kept_v_mask"}
@@ -97,7 +103,9 @@ def workload_from_stats(df: pd.DataFrame, meta: dict, fetch: str = "row", split_
                  for c, v in tiles.items()}
         key = {"sequence": seq, "phase": "prefill", "step": -1, "layer": int(layer), "batch": 1,
                "context_len": int(rows["row_end"].max())}
-        yield key, prefill_call(shape, tiles, method, fetch, granule_bytes, l2_bytes)
+        yield key, (alternative_prefill_call(shape, tiles, method, meta.get("params") or {}, fetch, granule_bytes,
+                                             l2_bytes) if method in ALTERNATIVES
+                    else prefill_call(shape, tiles, method, fetch, granule_bytes, l2_bytes))
 
 
 def simulate_stats(df: pd.DataFrame, meta: dict, device: Device, fetch: str = "row", split_tokens: int = 512,
