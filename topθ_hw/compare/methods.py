@@ -7,9 +7,11 @@ its mass p is swept and its kept count measured.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from topθ_hw.errors import UserError
 
-ALTERNATIVES = ("topp", "quest", "streaming", "h2o")
+ALTERNATIVES = ("topp", "quest", "streaming", "h2o")   # the simulator's list (sim/alternatives.py) agrees
 
 
 def streaming_window(budget: int, sinks: int, window: int | None) -> int:
@@ -52,3 +54,82 @@ def live_method(name: str, budget: int, p: float = 0.9, page_size: int = 16, sin
     if name == "h2o":
         return live.H2O(budget, recent)
     raise UserError(f"method {name!r} is not one of the alternatives {ALTERNATIVES}")
+
+
+# ------------------------------------------------------------------ the compared settings
+FAMILIES = ("dense", "topk", "toptheta", "toptheta+comp", "topp", "quest", "streaming", "h2o")
+COMPENSATION = {"sdc": "expthr", "vmc": True}   # Top-θ's compensated variant: decidable tile by tile
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compared setting: a family at a budget k (or a mass p for top-p)."""
+
+    family: str
+    k: int | None = None
+    p: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.family == "dense":
+            return "dense"
+        return f"{self.family} p={self.p:g}" if self.family == "topp" else f"{self.family} k={self.k}"
+
+
+def entries(families: list[str], ks: list[int], ps: list[float]) -> list[Entry]:
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        raise UserError(f"--methods: {bad} unknown; expected some of {list(FAMILIES)}")
+    out = []
+    for family in families:
+        if family == "dense":
+            out.append(Entry("dense"))
+        elif family == "topp":
+            out += [Entry("topp", p=p) for p in ps]
+        else:
+            out += [Entry(family, k=k) for k in ks]
+    return out
+
+
+@dataclass(frozen=True)
+class Options:
+    page_size: int = 16
+    sinks: int = 4
+    recent: int | None = None
+
+
+def engine_for(entry: Entry, opts: Options, thresholds: dict | None = None):
+    """The replay engine's method for ``entry``; Top-θ takes its ThresholdTable from ``thresholds[k]``."""
+    from topθ_hw.engine.methods import Dense, TopK, TopTheta
+
+    if entry.family == "dense":
+        return Dense()
+    if entry.family == "topk":
+        return TopK(k=entry.k)
+    if entry.family.startswith("toptheta"):
+        extra = COMPENSATION if entry.family == "toptheta+comp" else {}
+        return TopTheta(thresholds=thresholds[entry.k], placement="pre", **extra)
+    return engine_method(entry.family, entry.k or 0, p=entry.p or 1.0, page_size=opts.page_size, sinks=opts.sinks,
+                         recent=opts.recent)
+
+
+def live_for(entry: Entry, opts: Options, thresholds: dict | None = None):
+    """The live (in-model) method for ``entry``; Top-θ takes LiveThresholds from ``thresholds[k]``."""
+    from topθ_hw.quality import methods as live
+
+    if entry.family == "dense":
+        return live.Dense()
+    if entry.family == "topk":
+        return live.TopK(entry.k)
+    if entry.family.startswith("toptheta"):
+        comp = entry.family == "toptheta+comp"
+        return live.TopTheta(thresholds[entry.k], sdc=COMPENSATION["sdc"] if comp else None, vmc=comp)
+    return live_method(entry.family, entry.k or 0, p=entry.p or 1.0, page_size=opts.page_size, sinks=opts.sinks,
+                       recent=opts.recent)
+
+
+def check_entries(entries_: list[Entry], opts: Options) -> None:
+    """Build every non-Top-θ method once so that bad parameters fail before any work."""
+    for e in entries_:
+        if not e.family.startswith("toptheta"):
+            engine_for(e, opts)
