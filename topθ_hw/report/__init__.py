@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from topθ_hw.report.alternatives import alternatives_figures
 from topθ_hw.report.inputs import Inputs, load_inputs
 from topθ_hw.report.measured import kept_by_layer, kept_by_length, method_label, occupancy, theta_curves
 from topθ_hw.report.render import write_report
@@ -35,6 +36,7 @@ def build_report(results_paths, out_dir, title: str = "Top-θ attention: hardwar
     studies = inputs.of_kind("study-results")
     if studies:
         figures += study_figures(studies)
+    figures += alternatives_figures(inputs.of_kind("alternatives-comparison"))
     tables = input_tables(inputs)
     return write_report(Path(out_dir), title, summary_lines(inputs), figures, tables,
                         [str(s.path) for s in inputs.sources])

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from topθ_hw.errors import UserError
 from topθ_hw.tables import META_KEY, read_table
 
-TABLE_KINDS = ("engine-stats", "sim-results", "study-results", "quality", "quality-layers")
+TABLE_KINDS = ("engine-stats", "sim-results", "study-results", "quality", "quality-layers",
+               "alternatives-comparison")
 
 
 @dataclass
