@@ -166,3 +166,16 @@ def test_write_error_in_the_writer_thread_reaches_the_caller(lm):
     with pytest.raises(TraceError, match="no space left"):
         generate_with_capture(lm, [1, 2, 3, 4], 2, FullDisk(), trace_meta(lm))
     assert lm.model.config._attn_implementation == "sdpa"
+
+
+def test_gguf_file_and_hf_directory_load_like_the_short_name(lm):
+    gguf = models.resolve("smollm2-135m")
+    from_file = load_model(str(gguf), "bfloat16")
+    assert (from_file.sha256, from_file.weights_path) == (lm.sha256, gguf)
+    hf_dir = models.cache_dir() / "fp32" / lm.sha256[:16]  # a plain HF directory (config + safetensors)
+    from_dir = load_model(str(hf_dir), "bfloat16")
+    ids = torch.tensor([[504, 3458, 282, 1125]])
+    with torch.inference_mode():
+        assert torch.equal(from_dir.model(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+    with pytest.raises(UserError, match="not a model"):  # a file that is neither .gguf nor a directory
+        load_model(str(hf_dir / "config.json"))
