@@ -54,7 +54,7 @@ class AttentionRecorder:
         self.calls_per_layer = [0] * self.n_layers
         self.scalings: dict[int, float] = {}
 
-    def __call__(self, module, query, key, value, attention_mask, scaling=None, **kwargs):
+    def __call__(self, module, query, key, value, attention_mask, *args, **kwargs):
         if query.shape[0] != 1:
             raise UserError(f"capture records batch size 1 only; got a batch of {query.shape[0]}")
         layer = getattr(module, "layer_idx", None)
@@ -69,9 +69,10 @@ class AttentionRecorder:
         self.sink.append(layer, query[0].detach().clone(), key[0, :, -t:].detach().clone(),
                          value[0, :, -t:].detach().clone())
         self.calls_per_layer[layer] += 1
-        self.scalings[layer] = float(scaling if scaling is not None else module.scaling)
+        scaling = kwargs.get("scaling")  # None: the attention functions use 1/sqrt(head_dim)
+        self.scalings[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
         base = self.base or eager_of(module)
-        return base(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        return base(module, query, key, value, attention_mask, *args, **kwargs)
 
     def check_all_layers_seen(self, forwards: int) -> None:
         """After ``forwards`` passes every layer must have been recorded exactly that often."""
