@@ -27,7 +27,7 @@ class RowSink(Protocol):
     def append(self, layer: int, q, k, v) -> None: ...
 
 
-def base_attention(model, implementation: str):
+def base_attention(implementation: str):
     """The attention function the model would call for ``implementation`` (sdpa, eager, ...)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -105,7 +105,7 @@ def capture(model, sink: RowSink):
     original = model.config._attn_implementation
     if original not in ("sdpa", "eager"):
         raise UserError(f"capture wraps the 'sdpa' or 'eager' attention; the model uses {original!r}")
-    recorder = AttentionRecorder(model, sink, base_attention(model, original))
+    recorder = AttentionRecorder(model, sink, base_attention(original))
     name = f"toptheta_capture_{next(_names)}"
     AttentionInterface.register(name, recorder)
     # The same mask as the wrapped implementation (an unregistered name would get no mask at
