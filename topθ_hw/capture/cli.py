@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help="compute dtype of the model; the trace stores values in it, bit-exact")
     p.add_argument("--truncate", action="store_true",
                    help="cut a prompt that would exceed the model's context (with a warning) instead of failing")
+    p.add_argument("--layers", metavar="SPEC",
+                   help="store only these layers, e.g. '0,1,2-28:2,29' (ranges inclusive, ':step'); default all. "
+                        "The model still runs every layer; a subset keeps shipped traces small")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_capture)
@@ -42,6 +45,25 @@ def run_capture(args) -> int:
         warnings.simplefilter("always")  # --truncate's warning must show even when repeated
         out = capture_texts(args.text, args.out, model=args.model, max_prompt_tokens=args.max_prompt_tokens,
                             max_new_tokens=args.max_new_tokens, dtype=args.dtype, truncate=args.truncate,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet,
+                            layers=parse_layers(args.layers) if args.layers else None)
     print(f"wrote {out}; inspect it with: toptheta traces info {out}")
     return 0
+
+
+def parse_layers(spec: str) -> list[int]:
+    """'0,1,2-28:2,29' -> [0, 1, 2, 4, ..., 28, 29]."""
+    from topθ_hw.errors import UserError
+
+    layers = []
+    for part in spec.split(","):
+        span, _, step = part.strip().partition(":")
+        first, _, last = span.partition("-")
+        try:
+            a, b, s = int(first), int(last or first), int(step or 1)
+        except ValueError:
+            raise UserError(f"--layers: {part!r} is not N, A-B or A-B:STEP") from None
+        if s < 1 or b < a:
+            raise UserError(f"--layers: {part!r} is an empty range")
+        layers += range(a, b + 1, s)
+    return sorted(set(layers))

@@ -5,6 +5,7 @@ Python API: :func:`capture_texts` (what ``toptheta capture`` runs).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import sys
@@ -181,11 +182,13 @@ def greedy_generate(model, ids: list[int], max_new_tokens: int, tokens: list[int
 
 def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: int = 512,
                   max_new_tokens: int = 64, dtype: str = "bfloat16", truncate: bool = False,
-                  overwrite: bool = False, progress: bool = True, loaded: LoadedModel | None = None) -> Path:
+                  overwrite: bool = False, progress: bool = True, loaded: LoadedModel | None = None,
+                  layers: list[int] | None = None) -> Path:
     """Capture one sequence per text file into a new trace store at ``out``; returns ``out``.
 
     Each sequence is the first ``max_prompt_tokens`` tokens of its text as the prompt, then
     ``max_new_tokens`` greedy decode steps. ``loaded`` reuses an already loaded model.
+    ``layers`` stores only those layers (all by default); the model still runs every layer.
     """
     from tqdm import tqdm
 
@@ -210,6 +213,11 @@ def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: in
     prompts = {p: prompt_token_ids(lm, text, str(p), max_prompt_tokens, max_new_tokens, truncate)
                for p, text in contents.items()}
     meta = trace_meta(lm)
+    if layers is not None:
+        try:
+            meta = dataclasses.replace(meta, layers=sorted(set(int(x) for x in layers)))
+        except ValueError as exc:
+            raise UserError(f"--layers: {exc}") from exc
     bar = tqdm(total=len(prompts) * (1 + max_new_tokens), unit="pass", desc="capture",
                disable=not progress, file=sys.stderr)
     with bar, TraceWriter(out, meta, overwrite=overwrite) as writer:

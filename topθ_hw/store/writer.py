@@ -21,7 +21,7 @@ from topθ_hw import __version__
 from topθ_hw.errors import TraceError
 from topθ_hw.store.meta import FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES, TraceMeta
 
-CHUNK_ROWS = 256  # rows per chunk; one chunk holds one head of one layer
+CHUNK_ROWS = 1024  # rows per chunk; one chunk holds one head of one layer (fewer, larger files)
 PARTIAL_PREFIX = "_partial_"
 
 
