@@ -2,7 +2,11 @@
 
 Goal (issue 4): at most 1 s per such step, workload construction included. Each layer gets its
 own kept-V masks (sinks + recent window + scattered rows, 20 % kept), so no layer is a copy of
-another. Also prints how the SimPy event count and the wall time grow with context and batch.
+another. Also prints how the SimPy event count and the wall time grow with context and batch:
+SMs that got alike work (as many CTAs, sums within a few per cent) are one SimPy process and one
+weighted share of the DRAM pool, so events per layer stay in the low hundreds at any size (up to
+about 4 per group of SMs plus the pool's finish events); wall time grows with the number of CTAs
+and keys, spent building the per-CTA arrays from the masks.
 
     .venv/bin/python benchmarks/bench_sim.py
 """

@@ -195,23 +195,26 @@ def tile_compute_ns(device: Device, kernel: KernelOptions, masked: bool, matrix_
 
 def unit_groups(p: Pass, device: Device, kernel: KernelOptions, slots_per_unit: int) -> list:
     """SMs grouped by what the block scheduler gave them: [(count, (ctas, per-SM sums...))].
-    Cached on the pass: it depends on the kernel and the device's shape, not its timings."""
+    Cached on the pass, per kernel and the device numbers the scheduling estimate uses."""
     units = device.compute.units
-    key = (kernel, units, slots_per_unit, device.gather_overhead_bytes)
+    key = (kernel, units, slots_per_unit, device.gather_overhead_bytes, device.memory.unit_bandwidth_GBps,
+           device.kernel.tile_compute_ns)
     cache = p.__dict__.setdefault("_unit_groups", {})
     if key not in cache:
         a = item_arrays(p, device, kernel)
         cost = a["channel"] / device.memory.unit_bandwidth_GBps + a["tiles"] * device.kernel.tile_compute_ns
         unit_of = assign_to_units(cost, units * slots_per_unit) % units
-        sums = {k: np.bincount(unit_of, weights=v, minlength=units) for k, v in a.items()}
+        sums = np.stack([np.bincount(unit_of, weights=v, minlength=units) for v in a.values()], axis=1)
         counts = np.bincount(unit_of, minlength=units)
-        groups: dict = {}
-        for unit in np.flatnonzero(counts):  # SMs with as many CTAs and sums within a few % run alike
-            g = (int(counts[unit]),) + tuple(float(f"{sums[k][unit]:.2g}") for k in a)
-            total = groups.setdefault(g, [0, np.zeros(len(a))])
-            total[0] += 1
-            total[1] += [sums[k][unit] for k in a]
-        cache[key] = [(n, (g[0],) + tuple(v / n)) for g, (n, v) in groups.items()]
+        used = np.flatnonzero(counts)
+        # SMs with as many CTAs and sums within a few per cent (2 significant digits) run alike
+        scale = 10.0 ** (np.floor(np.log10(np.maximum(np.abs(sums[used]), 1e-30))) - 1)
+        keys = np.column_stack([counts[used], np.round(sums[used] / scale), scale])
+        _, group, n = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        group = group.ravel()
+        mean = np.stack([np.bincount(group, weights=sums[used][:, j]) for j in range(sums.shape[1])], axis=1) / n[:, None]
+        ctas = np.bincount(group, weights=counts[used]) / n
+        cache[key] = [(int(n[g]), (int(round(ctas[g])),) + tuple(mean[g])) for g in range(len(n))]
     return cache[key]
 
 
