@@ -24,9 +24,12 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--variant", default="pre+sdc=expthr+vmc")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
 
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from topθ_hw.capture.models import load_model
     from topθ_hw.quality.calibrate import calibrate_live

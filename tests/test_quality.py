@@ -131,7 +131,9 @@ def test_live_calibration_gives_the_engines_thresholds(trace, engine_tables):
 
 def test_calibrate_live_then_evaluate_from_the_command_line(tmp_path, capsys):
     cal, out = tmp_path / "thresholds", tmp_path / "eval"
-    assert main(["calibrate-live", "--text", str(ROOT / "traces/texts/kjv-genesis.txt"), "--k", "8,16",
+    genesis = tmp_path / "genesis.txt"             # ~4 windows of 64 tokens
+    genesis.write_text((ROOT / "traces/texts/kjv-genesis.txt").read_text()[:1000])
+    assert main(["calibrate-live", "--text", str(genesis), "--k", "8,16",
                  "--placement", "pre,post", "--window", "64", "--out", str(cal)]) == 0
     assert sorted(p.name for p in cal.iterdir()) == [f"k{k}-{p}.safetensors" for k in (16, 8) for p in ("post", "pre")]
     assert main(["evaluate", "--thresholds", str(cal), "--text", str(TEXT), "--max-tokens", "129", "--window", "64",

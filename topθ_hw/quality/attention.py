@@ -1,7 +1,8 @@
 """One attention call under a live method: scores, selection, P·V, V-mean compensation, counting.
 
-Materialises the scores of a block of query rows ``[B, Hq, rows, keys]`` in float32: the live path favours one readable definition over the engine's streaming kernels, and the tests
-check that both agree on the same Q/K/V.
+Materialises the scores of a block of query rows ``[B, Hq, rows, keys]`` in float32: the live path
+favours one readable definition over the engine's streaming kernels, and the tests check that both
+agree on the same Q/K/V.
 """
 
 from __future__ import annotations
