@@ -156,7 +156,7 @@ def test_engine_matches_the_reference_with_a_sliding_window(name, params):
 @pytest.mark.parametrize("name,params", [("topp", {"p": 0.9}), ("quest", {"budget": 64, "page_size": 16}),
                                          ("h2o", {"budget": 48, "recent": 24})])
 def test_engine_matches_the_reference_on_real_smollm2_rows(name, params):
-    _, layer = real_layer(layer_index=9, rows=120)
+    _, layer = real_layer(layer_index=8, rows=120)
     res = check_against_reference(layer, name, params, prompt=90)
     assert (res.rows["kept"][:, 100:] < np.arange(101, 121)).all()   # it really is sparse there
 
@@ -218,7 +218,7 @@ def test_replay_command_runs_an_alternative_and_refuses_bad_parameters(tmp_path,
 
     out = tmp_path / "quest.parquet"
     assert main(["replay", "--traces", "traces/smollm2-135m.zarr", "--method", "quest", "--k", "64",
-                 "--page-size", "16", "--sequences", "seq_0001", "--layers", "3", "--decode-only",
+                 "--page-size", "16", "--sequences", "seq_0001", "--layers", "4", "--decode-only",
                  "--out", str(out)]) == 0
     frame, meta = read_table(out, kind="engine-stats")
     assert meta["method"] == "quest" and meta["params"]["page_size"] == 16 and meta["reads_keys"] == "page_summaries"

@@ -118,7 +118,7 @@ def test_replayed_statistics_of_an_alternative_simulate_with_its_kernel(tmp_path
     trace = open_trace("traces/smollm2-135m.zarr")
     results, frames = {}, {}
     for method in (Quest(budget=64, page_size=16), Dense()):
-        frame, meta = replay_trace(trace, method, ["seq_0001"], [5], decode_only=True)
+        frame, meta = replay_trace(trace, method, ["seq_0001"], [6], decode_only=True)
         frames[method.name] = frame = frame[frame.step.isin([0, 63]) | (frame.level == "head")]
         results[method.name] = simulate_stats(frame, meta, h100)
     quest = results["quest"][results["quest"].scope == "step"]

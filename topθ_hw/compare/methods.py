@@ -109,7 +109,7 @@ def engine_for(entry: Entry, opts: Options, thresholds: dict | None = None):
     if entry.family.startswith("toptheta"):
         extra = COMPENSATION if entry.family == "toptheta+comp" else {}
         return TopTheta(thresholds=thresholds[entry.k], placement="pre", **extra)
-    return engine_method(entry.family, entry.k or 0, p=entry.p or 1.0, page_size=opts.page_size, sinks=opts.sinks,
+    return engine_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p, page_size=opts.page_size, sinks=opts.sinks,
                          recent=opts.recent)
 
 
@@ -124,7 +124,7 @@ def live_for(entry: Entry, opts: Options, thresholds: dict | None = None):
     if entry.family.startswith("toptheta"):
         comp = entry.family == "toptheta+comp"
         return live.TopTheta(thresholds[entry.k], sdc=COMPENSATION["sdc"] if comp else None, vmc=comp)
-    return live_method(entry.family, entry.k or 0, p=entry.p or 1.0, page_size=opts.page_size, sinks=opts.sinks,
+    return live_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p, page_size=opts.page_size, sinks=opts.sinks,
                        recent=opts.recent)
 
 
