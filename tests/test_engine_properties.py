@@ -133,7 +133,7 @@ def registry_instance(name, layer):
 def test_every_registered_method_replays_a_real_layer_into_the_stats_contract(name):
     """One test over the registry: real SmolLM2 rows in, the COMMON.md columns out, counts consistent."""
     from test_engine_reference import real_layer
-    _, layer = real_layer(layer_index=7, rows=96)
+    _, layer = real_layer(layer_index=8, rows=96)
     method = registry_instance(name, layer)
     res = run(layer, 40, method)
     frame = layer_frame(res, layer.q.shape[0] // layer.k.shape[0], "seq_0001")

@@ -227,7 +227,7 @@ def test_calibration_matches_reference_thresholds(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def real_layer(layer_index=3, rows=256, sequence="seq_0001"):
+def real_layer(layer_index=4, rows=256, sequence="seq_0001"):
     from topθ_hw.store import open_trace
     trace = open_trace(REAL_TRACE)
     full = trace.sequence(sequence).layer(layer_index)

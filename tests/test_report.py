@@ -34,7 +34,7 @@ from topθ_hw.tables import read_table, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO / "traces" / "smollm2-135m.zarr"
-LAYERS = [0, 1, 9, 29]
+LAYERS = [0, 1, 10, 29]
 STUDY = f"""
 [study]
 name = "report_test"
