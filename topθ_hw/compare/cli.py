@@ -14,8 +14,9 @@ calibrated on --calibrate-on, pre-softmax, at the same k) and every --step-every
 simulated on each --hardware device from its real masks (K, V, scores and other bytes, time).
 Quality side: each setting runs live inside the model on --text (teacher-forced windows) against the
 dense model: perplexity, next-token agreement, KL(dense || setting); Top-θ calibrated live on
---calibration-text. A budget k means at most k keys per row for top-k, Top-θ (calibrated k), Quest
-(k tokens of pages), StreamingLLM (sinks + window = k) and H2O (a k-key cache); top-p sweeps --p.
+--calibration-text. A budget k means k keys per row: exactly for top-k, at most for Quest (k tokens of
+pages), StreamingLLM (sinks + window = k) and H2O (a k-key cache), on average over calibration rows for
+Top-θ (thresholds calibrated at k); top-p has no budget and sweeps --p.
 Writes DIR/alternatives.{parquet,csv,md,png} and DIR/command.txt."""
 
 

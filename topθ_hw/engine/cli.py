@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     cal.set_defaults(func=run_calibrate)
 
     rep = subparsers.add_parser(
-        "replay", help="replay dense / top-k / Top-θ attention on a trace and write statistics",
+        "replay", help="replay dense / top-k / Top-θ / top-p / Quest / StreamingLLM / H2O attention on a trace "
+        "and write statistics",
         description="Replays a method on every (sequence, layer) of a trace and writes the tidy engine-stats "
         "table (kept elements, V rows per KV group, pages, per-row counts, error against dense) as Parquet.")
     rep.add_argument("--traces", required=True, help="trace store")
