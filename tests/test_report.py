@@ -103,6 +103,8 @@ def test_report_files_and_provenance(report_dir):
     md = (out / "report.md").read_text()
     assert md.count("![") == len(names) and "speedup" in md
     assert (out / "sim-steps-sim.csv").exists()
+    # θ panels only for the layers the shipped trace holds (it stores 17 of the model's 30)
+    assert set(pd.read_csv(out / "theta_curves.csv")["layer"]) == set(open_trace(TRACE).meta.captured_layers)
 
 
 def test_report_numbers_match_the_study(report_inputs, report_dir):

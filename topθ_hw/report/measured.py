@@ -104,10 +104,12 @@ def theta_curves(source) -> Figure | None:
     # At most ~100 lengths per curve, log-spaced: the curves are smooth and 30 × H lines add up.
     pick = np.unique(np.geomspace(1, len(lengths), 100).astype(int) - 1)
     theta, lengths = theta[:, :, pick], lengths[pick]
-    n_layers, n_heads, _ = theta.shape
-    fig, axes = subplots(n_layers, width=2.6, height=2.0, cols=6)
+    n_heads = theta.shape[1]
+    # Only layers that were calibrated: a trace may hold a subset of the model's layers.
+    layers = [layer for layer in range(theta.shape[0]) if np.isfinite(theta[layer]).any()]
+    fig, axes = subplots(len(layers), width=2.6, height=2.0, cols=6)
     records = []
-    for layer, ax in enumerate(axes):
+    for layer, ax in zip(layers, axes):
         for head in range(n_heads):
             ok = np.isfinite(theta[layer, head])
             ax.plot(lengths[ok], theta[layer, head][ok], lw=0.8)
