@@ -104,7 +104,11 @@ def test_report_files_and_provenance(report_dir):
     assert md.count("![") == len(names) and "speedup" in md
     assert (out / "sim-steps-sim.csv").exists()
     # θ panels only for the layers the shipped trace holds (it stores 17 of the model's 30)
-    assert set(pd.read_csv(out / "theta_curves.csv")["layer"]) == set(open_trace(TRACE).meta.captured_layers)
+    captured = open_trace(TRACE).meta.captured_layers
+    assert set(pd.read_csv(out / "theta_curves.csv")["layer"]) == set(captured)
+    from matplotlib.image import imread  # one 2.6 x 2.0 in panel per captured layer, 6 per row
+    height, width = imread(out / "theta_curves.png").shape[:2]
+    assert height / width == pytest.approx((-(-len(captured) // 6) * 2.0) / (6 * 2.6), rel=0.05)
 
 
 def test_report_numbers_match_the_study(report_inputs, report_dir):
