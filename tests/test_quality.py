@@ -91,7 +91,7 @@ def test_live_path_and_engine_keep_the_same_elements_and_agree(name, trace, engi
     engine_method.check(trace.meta)
     seq = trace.sequence("seq_0001")                      # Hamlet: not the calibration text
     post = name.startswith("post")
-    for layer in (0, 13, 29):
+    for layer in (0, 14, 29):
         qkv = seq.layer(layer)
         ref = replay_layer(qkv, engine_method, layer, seq.prompt_len, keep_outputs=True)
         rec = MaskRecorder(*qkv.q.shape[:2])
@@ -118,7 +118,7 @@ def test_live_path_and_engine_keep_the_same_elements_and_agree(name, trace, engi
 def test_live_calibration_gives_the_engines_thresholds(trace, engine_tables):
     seq = trace.sequence("seq_0000")
     sums = ThresholdSums(np.stack([parse_layer_k("0:128", 32, 30)]), ("pre", "post"), 9, seq.n_tokens)
-    layers = [0, 13, 29]
+    layers = [0, 14, 29]
     for layer in layers:
         qkv = seq.layer(layer)
         attend(Calibrator(sums), *(torch.from_numpy(x)[None] for x in (qkv.q, qkv.k, qkv.v)), qkv.scaling, layer)
