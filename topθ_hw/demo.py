@@ -43,6 +43,7 @@ def run_demo(args) -> int:
     from topθ_hw.engine.run import replay_trace
     from topθ_hw.report import build_report
     from topθ_hw.sim import load_device, simulate_stats
+    from topθ_hw.sim.stats import sim_results_meta
     from topθ_hw.store import open_trace
     from topθ_hw.study.run import run_study
     from topθ_hw.tables import write_table
@@ -67,9 +68,7 @@ def run_demo(args) -> int:
         results.append(stats)
         for device in devices:
             sim = simulate_stats(frame, meta, device, progress=True)
-            sim_meta = {"kind": "sim-results", "device": device.name, "device_file": device.path,
-                        "method": meta["method"], "fetch": "row", "stats": str(stats),
-                        "model_id": meta["model_id"], "params": meta["params"], "time_unit": "s"}
+            sim_meta = sim_results_meta(device, meta, stats)
             results.append(write_table(sim, out / f"sim-{name}-{device.name}.parquet", sim_meta))
     _stage(f"study {args.study}", started)
     study_out = out / "study.parquet"

@@ -51,17 +51,14 @@ def register(subparsers) -> None:
 
 def simulate_handler(args: argparse.Namespace) -> int:
     from topθ_hw.sim.hardware import load_device
-    from topθ_hw.sim.stats import method_from_meta, simulate_stats
+    from topθ_hw.sim.stats import sim_results_meta, simulate_stats
     from topθ_hw.tables import read_table, write_table
 
     device = load_device(args.hardware)
     df, meta = read_table(args.stats, kind="engine-stats")
     frame = simulate_stats(df, meta, device, fetch=args.fetch, split_tokens=args.split_tokens,
                            batch_sequences=args.batch_sequences, progress=True)
-    out_meta = {"kind": "sim-results", "device": device.name, "device_file": device.path,
-                "method": method_from_meta(meta), "fetch": args.fetch, "split_tokens": args.split_tokens,
-                "batch_sequences": args.batch_sequences, "stats": str(args.stats),
-                "model_id": meta.get("model_id"), "params": meta.get("params"), "time_unit": "s"}
+    out_meta = sim_results_meta(device, meta, args.stats, args.fetch, args.split_tokens, args.batch_sequences)
     write_table(frame, args.out, out_meta)
     steps = frame[(frame["scope"] == "step") & (frame["phase"] == "decode")]
     print(f"{args.out}: {int((frame['scope'] == 'layer').sum())} layer rows, {len(steps)} decode steps on "

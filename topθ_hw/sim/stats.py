@@ -40,6 +40,15 @@ def method_from_meta(meta: dict) -> str:
     return method
 
 
+def sim_results_meta(device: Device, stats_meta: dict, stats_path, fetch: str = "row", split_tokens: int = 512,
+                     batch_sequences: bool = False) -> dict:
+    """Metadata of a 'sim-results' table: which device, statistics and kernel options made it."""
+    return {"kind": "sim-results", "device": device.name, "device_file": device.path,
+            "method": method_from_meta(stats_meta), "fetch": fetch, "split_tokens": split_tokens,
+            "batch_sequences": batch_sequences, "stats": str(stats_path),
+            "model_id": stats_meta.get("model_id"), "params": stats_meta.get("params"), "time_unit": "s"}
+
+
 def group_rows(df: pd.DataFrame, shape: Shape) -> pd.DataFrame:
     """The KV-group rows, checked against the metadata's shape."""
     missing = [c for c in GROUP_COLUMNS if c not in df.columns]
