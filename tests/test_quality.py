@@ -213,10 +213,20 @@ def test_evaluate_measures_dense_as_lossless_and_top_theta_as_sparser(loaded, ha
 def test_rows_past_the_calibrated_lengths_use_the_engines_extrapolation(live_tables, engine_tables):
     table = LiveThresholds(engine_tables["pre"], extrapolate="hold")
     longest = table.max_calibrated_n
-    theta = table.theta_rows(5, torch.tensor([longest, longest + 300]))
+    theta = table.theta_rows(4, torch.tensor([longest, longest + 300]))
     assert torch.equal(theta[:, 0], theta[:, 1]) and table.extrapolated
-    logfit = LiveThresholds(engine_tables["pre"], extrapolate="logfit").theta_rows(5, torch.tensor([longest + 300]))
+    logfit = LiveThresholds(engine_tables["pre"], extrapolate="logfit").theta_rows(4, torch.tensor([longest + 300]))
     assert not torch.equal(logfit[:, 0], theta[:, 1])
+
+
+def test_layers_missing_from_the_calibration_trace_run_dense(engine_tables, trace):
+    """The shipped trace stores 17 of 30 layers: the others have no θ and must run dense, by name."""
+    table = LiveThresholds(engine_tables["pre"])
+    missing = sorted(set(range(30)) - set(trace.meta.captured_layers))
+    assert table.uncalibrated_layers == missing and 3 in missing
+    n = torch.tensor([100, 400])
+    assert torch.isneginf(table.theta_rows(3, n)).all()          # keeps every key
+    assert torch.isfinite(table.theta_rows(4, n)).all()          # a captured layer is thresholded
 
 
 def test_thresholds_of_another_model_or_placement_are_refused(engine_tables, loaded, tmp_path, capsys):

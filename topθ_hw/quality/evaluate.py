@@ -103,6 +103,7 @@ def summary_row(s: Setting, tot: Totals, n_tokens: int, dense_nll: float) -> dic
         "lookup": th.lookup if th else "", "extrapolate": th.extrapolate if th else "",
         "max_calibrated_n": th.max_calibrated_n if th else -1,
         "extrapolated": bool(th and th.extrapolated), "seconds": tot.seconds,
+        "dense_uncalibrated_layers": ",".join(map(str, th.uncalibrated_layers)) if th else "",
     }
 
 

@@ -79,6 +79,9 @@ def evaluate_command(args) -> int:
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0]
     ids = ids[:args.max_tokens] if args.max_tokens else ids
     for t in {id(t): t for t in (s.thresholds for s in settings) if t}.values():
+        if t.uncalibrated_layers:
+            print(f"note: {t.source} holds no thresholds for layers {t.uncalibrated_layers} (not in its "
+                  "calibration trace); they run dense", file=sys.stderr)
         if min(args.window, len(ids)) > t.max_calibrated_n:
             print(f"note: {t.source} is calibrated up to n = {t.max_calibrated_n}; longer rows (up to "
                   f"{min(args.window, len(ids))}) use lookup {t.lookup!r} with extrapolation {t.extrapolate!r}",

@@ -45,6 +45,13 @@ class LiveThresholds:
         return int(values[np.argmax(counts)])
 
     @property
+    def uncalibrated_layers(self) -> list[int]:
+        """Layers the artifact holds no threshold for at all (the calibration trace did not store
+        them); the live path runs them dense and says so."""
+        return [layer for layer in range(self.table.theta.shape[0])
+                if not np.isfinite(self.table.theta[layer]).any()]
+
+    @property
     def max_calibrated_n(self) -> int:
         calibrated = np.isfinite(self.table.theta).any(axis=(0, 1))
         return int(self.table.lengths[calibrated].max()) if calibrated.any() else 0
@@ -64,9 +71,10 @@ class LiveThresholds:
         size = max(n_max, 1024, 2 * (0 if self._theta is None else self._theta.shape[-1]))
         n = np.arange(1, size + 1)
         theta, rho = [], []
+        uncalibrated = set(self.uncalibrated_layers)
         for layer, k in enumerate(self.k):
             th = self.table.thresholds_for_rows(layer, n, self.lookup, self.extrapolate)
-            dense = n <= k
+            dense = n <= k if layer not in uncalibrated else np.ones_like(n, dtype=bool)
             if np.isnan(th[:, ~dense]).any():
                 raise UserError(f"{self.source}: field 'theta' has no calibrated value for some head of "
                                 f"layer {layer}")
