@@ -48,30 +48,32 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def plot(df: pd.DataFrame, title: str):
-    """Quality (KL, or the replay's output error without a quality run) against K, V, total bytes and
-    time on each device; one line per family through its budgets."""
+    """Quality (KL, or the replay's output error without a quality run) against V, K, total bytes and
+    decode time on each device: one row of panels per trace, one line per family through its budgets."""
     from matplotlib.figure import Figure
 
     y = "kl_mean" if "kl_mean" in df and df["kl_mean"].notna().any() else "trace_rel_l2_error"
-    devices = list(dict.fromkeys(df["device"]))
-    first = df[df["device"] == devices[0]]
-    panels = [("bytes_v", first, "V bytes / step (MB)"), ("bytes_k", first, "K bytes / step (MB)"),
-              ("bytes_total", first, "total bytes / step (MB)")]
-    panels += [("time_s", df[df["device"] == d], f"decode step on {d} (µs)") for d in devices]
-    fig = Figure(figsize=(4.0 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (x, t, label) in zip(axes, panels):
-        scale = 1e6 if x == "time_s" else 1e-6
-        for family, f in t.groupby("family", sort=False):
-            if family == "dense":   # lossless: a vertical line where its cost lies
-                ax.axvline(float(f[x].iloc[0]) * scale, color="black", ls="--", lw=1, label="dense")
-                continue
-            color, marker = FAMILY_STYLE.get(family, ("tab:cyan", "."))
-            f = f.sort_values(x)
-            ax.plot(f[x] * scale, f[y], marker=marker, color=color, label=family, lw=1)
-        ax.set(xlabel=label, ylabel="KL(dense ‖ method) per token" if y == "kl_mean" else "mean rel. L2 error",
-               yscale="log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    devices, traces = list(dict.fromkeys(df["device"])), list(dict.fromkeys(df["trace"]))
+    panels = [("bytes_v", devices[0], "V bytes / step (MB)"), ("bytes_k", devices[0], "K bytes / step (MB)"),
+              ("bytes_total", devices[0], "total bytes / step (MB)")]
+    panels += [("time_s", d, f"decode step on {d} (µs)") for d in devices]
+    fig = Figure(figsize=(3.6 * len(panels), 3.4 * len(traces)), layout="constrained")
+    grid = fig.subplots(len(traces), len(panels), squeeze=False)
+    for axes, trace in zip(grid, traces):
+        for ax, (x, device, label) in zip(axes, panels):
+            t = df[(df["trace"] == trace) & (df["device"] == device)]
+            scale = 1e6 if x == "time_s" else 1e-6
+            for family, f in t.groupby("family", sort=False):
+                if family == "dense":   # lossless: a vertical line where its cost lies
+                    ax.axvline(float(f[x].iloc[0]) * scale, color="black", ls="--", lw=1, label="dense")
+                    continue
+                color, marker = FAMILY_STYLE.get(family, ("tab:cyan", "."))
+                f = f.sort_values(x)
+                ax.plot(f[x] * scale, f[y], marker=marker, color=color, label=family, lw=1)
+            ax.set(xlabel=label, yscale="log", title=f"{Path(trace).name}, context ≈ {t['context_mean'].iloc[0]:.0f}")
+            ax.title.set_fontsize(8)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("KL(dense ‖ method) per token" if y == "kl_mean" else "mean rel. L2 error")
+    grid[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return fig
