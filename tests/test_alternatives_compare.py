@@ -77,7 +77,10 @@ def test_the_report_shows_the_comparison(comparison, tmp_path):
 @pytest.mark.parametrize("args,match", [(["--page-size", "12"], "power of two"), (["--p", "0"], r"\(0, 1\]"),
                                         (["--k", "0"], "≥ 1"), (["--methods", "dense,magic"], "magic"),
                                         (["--hardware", "nosuchdevice"], "nosuchdevice"),
-                                        (["--methods", "topk"], "must include dense")])
+                                        (["--methods", "topk"], "must include dense"),
+                                        (["--compensation", "sdc=offline"], "offline SDC"),
+                                        (["--compensation", "capk"], "not a compensation"),
+                                        (["--page-size", "4"], "simulator models Quest pages")])
 def test_bad_input_is_refused_before_any_work(args, match, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compare", *args, "--text", "--out", str(out)]) == 2

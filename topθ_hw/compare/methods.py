@@ -58,7 +58,22 @@ def live_method(name: str, budget: int, p: float = 0.9, page_size: int = 16, sin
 
 # ------------------------------------------------------------------ the compared settings
 FAMILIES = ("dense", "topk", "toptheta", "toptheta+comp", "topp", "quest", "streaming", "h2o")
-COMPENSATION = {"sdc": "expthr", "vmc": True}   # Top-θ's compensated variant: decidable tile by tile
+DEFAULT_COMPENSATION = "sdc=expthr+vmc"   # the quality pipeline's compensated variant: decidable tile by tile
+
+
+def parse_compensation(text: str) -> dict:
+    """'sdc=exact+vmc' → {"sdc": "exact", "vmc": True}: the pre-softmax modifiers of `toptheta evaluate`."""
+    from topθ_hw.quality.settings import parse_variant
+
+    variant = parse_variant("pre+" + text)
+    if variant.capk:
+        raise UserError(f"--compensation {text!r}: capk is not a compensation; use sdc=... and/or vmc")
+    if variant.sdc == "offline":
+        raise UserError(f"--compensation {text!r}: offline SDC needs a trace-calibrated table; the comparison "
+                        "calibrates live, so use sdc=exact or sdc=expthr")
+    if not (variant.sdc or variant.vmc):
+        raise UserError(f"--compensation {text!r}: name sdc=exact|expthr and/or vmc")
+    return {"sdc": variant.sdc or "none", "vmc": variant.vmc}
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class Options:
     page_size: int = 16
     sinks: int = 4
     recent: int | None = None
+    compensation: str = DEFAULT_COMPENSATION
 
 
 def engine_for(entry: Entry, opts: Options, thresholds: dict | None = None):
@@ -107,10 +123,10 @@ def engine_for(entry: Entry, opts: Options, thresholds: dict | None = None):
     if entry.family == "topk":
         return TopK(k=entry.k)
     if entry.family.startswith("toptheta"):
-        extra = COMPENSATION if entry.family == "toptheta+comp" else {}
+        extra = parse_compensation(opts.compensation) if entry.family == "toptheta+comp" else {}
         return TopTheta(thresholds=thresholds[entry.k], placement="pre", **extra)
-    return engine_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p, page_size=opts.page_size, sinks=opts.sinks,
-                         recent=opts.recent)
+    return engine_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p,
+                         page_size=opts.page_size, sinks=opts.sinks, recent=opts.recent)
 
 
 def live_for(entry: Entry, opts: Options, thresholds: dict | None = None):
@@ -122,14 +138,17 @@ def live_for(entry: Entry, opts: Options, thresholds: dict | None = None):
     if entry.family == "topk":
         return live.TopK(entry.k)
     if entry.family.startswith("toptheta"):
-        comp = entry.family == "toptheta+comp"
-        return live.TopTheta(thresholds[entry.k], sdc=COMPENSATION["sdc"] if comp else None, vmc=comp)
-    return live_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p, page_size=opts.page_size, sinks=opts.sinks,
-                       recent=opts.recent)
+        comp = parse_compensation(opts.compensation) if entry.family == "toptheta+comp" else {"sdc": "none"}
+        return live.TopTheta(thresholds[entry.k], sdc=None if comp["sdc"] == "none" else comp["sdc"],
+                             vmc=comp.get("vmc", False))
+    return live_method(entry.family, entry.k or 0, p=1.0 if entry.p is None else entry.p,
+                       page_size=opts.page_size, sinks=opts.sinks, recent=opts.recent)
 
 
 def check_entries(entries_: list[Entry], opts: Options) -> None:
     """Build every non-Top-θ method once so that bad parameters fail before any work."""
+    if any(e.family == "toptheta+comp" for e in entries_):
+        parse_compensation(opts.compensation)
     for e in entries_:
         if not e.family.startswith("toptheta"):
             engine_for(e, opts)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from topθ_hw.compare.methods import Entry, Options, live_for
-from topθ_hw.quality.settings import Setting, Variant
+from topθ_hw.quality.settings import Setting, Variant, parse_variant
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,11 @@ class LabelledSetting(Setting):
         return self.tag
 
 
-def variant_of(entry: Entry) -> Variant:
+def variant_of(entry: Entry, opts: Options) -> Variant:
     if entry.family == "toptheta":
         return Variant("toptheta", placement="pre")
     if entry.family == "toptheta+comp":
-        return Variant("toptheta", placement="pre", sdc="expthr", vmc=True)
+        return parse_variant("pre+" + opts.compensation)
     return Variant(entry.family)
 
 
@@ -44,7 +44,7 @@ def live_quality(loaded, calibration_text: dict[str, str], ids, entries: list[En
     ks = sorted({e.k for e in entries if e.family.startswith("toptheta")})
     tables = calibrate_live(loaded, calibration_text, ks, None, ("pre",), sigma, window) if ks else {}
     live_tables = {k: LiveThresholds(tables[(k, "pre")]) for k in ks}
-    settings = [LabelledSetting(variant_of(e), e.k, live_for(e, opts, live_tables),
+    settings = [LabelledSetting(variant_of(e, opts), e.k, live_for(e, opts, live_tables),
                                 live_tables.get(e.k) if e.family.startswith("toptheta") else None, tag=e.label)
                 for e in entries]
     summary, _ = evaluate(loaded.model, ids, settings, window, decode_from)

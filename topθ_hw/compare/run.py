@@ -9,6 +9,8 @@ from pathlib import Path
 from topθ_hw.compare.methods import Options, check_entries, entries
 from topθ_hw.errors import UserError
 
+SIM_PAGE_SIZES = (8, 16, 32, 64, 128)   # the KV page sizes the simulator (and the engine's counts) know
+
 
 def checked_inputs(args):
     """Settings, devices, traces and texts, all validated before any replay or model load."""
@@ -22,7 +24,9 @@ def checked_inputs(args):
     if args.step_every < 1 or args.window < 2:
         raise UserError(f"--step-every must be ≥ 1 and --window ≥ 2, got {args.step_every} and {args.window}")
     check_page_size(args.page_size)
-    opts = Options(page_size=args.page_size, sinks=args.sinks, recent=args.recent)
+    if "quest" in args.methods and args.page_size not in SIM_PAGE_SIZES:
+        raise UserError(f"--page-size {args.page_size}: the simulator models Quest pages of {SIM_PAGE_SIZES} tokens")
+    opts = Options(page_size=args.page_size, sinks=args.sinks, recent=args.recent, compensation=args.compensation)
     settings = entries(args.methods, args.k, args.p)
     check_entries(settings, opts)
     if "dense" not in args.methods:
@@ -65,7 +69,8 @@ def compare_command(args) -> int:
     meta = {"kind": KIND, "traces": [str(t.path) for t in traces], "devices": [d.name for d in devices],
             "device_files": [d.path for d in devices], "texts": args.text, "calibration_texts": args.calibration_text,
             "model": args.model, "tokens": tokens, "window": args.window, "page_size": args.page_size,
-            "sinks": args.sinks, "recent": args.recent, "step_every": args.step_every, "command": command}
+            "sinks": args.sinks, "recent": args.recent, "compensation": args.compensation,
+            "step_every": args.step_every, "command": command}
     write_table(df, out / "alternatives.parquet", meta)
     write_text_atomic(out / "alternatives.csv", df.to_csv(index=False, float_format="%.6g"))
     title = (f"{', '.join(Path(t.path).name for t in traces)}; quality: {args.model} on "
