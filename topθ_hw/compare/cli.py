@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="top-p, Quest, StreamingLLM, H2O vs dense / top-k / Top-θ: "
                               "quality against bytes and simulated time", description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--traces", nargs="+", default=["traces/smollm2-135m.zarr"], help="trace stores (default %(default)s)")
+    p.add_argument("--traces", nargs="+", default=["traces/smollm2-135m.zarr"],
+                   help="trace stores (default %(default)s)")
     p.add_argument("--methods", type=csv_list(str),
                    default="dense,topk,toptheta,toptheta+comp,topp,quest,streaming,h2o",
                    help="families to compare (default: all eight)")
@@ -47,7 +48,8 @@ def register(subparsers) -> None:
                    "'+'-joined (default %(default)s)")
     p.add_argument("--hardware", type=csv_list(str), default="h100,tpu-v5e",
                    help="devices to simulate on (default %(default)s)")
-    p.add_argument("--layers", type=csv_list(int), default=None, help="replay only these layers (default: all captured)")
+    p.add_argument("--layers", type=csv_list(int), default=None,
+                   help="replay only these layers (default: all captured)")
     p.add_argument("--calibrate-on", type=csv_list(str), default=None,
                    help="trace sequences Top-θ is calibrated on (default: the first); the others are evaluated")
     p.add_argument("--step-every", type=int, default=8, help="simulate every N-th decode step (default 8)")

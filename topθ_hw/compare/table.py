@@ -36,10 +36,12 @@ def markdown(df: pd.DataFrame) -> str:
         t = t.assign(_o=t["family"].map(order)).sort_values(["_o", "k", "p"])
         lines += [f"### {Path(trace).name} on {device} (mean decode step, {int(t['layers'].iloc[0])} layers, "
                   f"context ≈ {t['context_mean'].iloc[0]:.0f})", "",
-                  "| setting | KL(dense‖·) | ppl + | disagree | kept V (trace) | K MB | V MB | total MB | time µs | × vs dense |",
+                  "| setting | KL(dense‖·) | ppl + | disagree | kept V (trace) | K MB | V MB | total MB | time µs "
+                  "| × vs dense |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in t.itertuples():
-            kl = f"{r.kl_mean:.4f} | {r.ppl_increase:+.2%} | {r.disagreement:.1%}" if "kl_mean" in t else "– | – | –"
+            kl = (f"{r.kl_mean:.4f} | {r.ppl_increase:+.2%} | {r.disagreement:.1%}" if "kl_mean" in t
+                  else "– | – | –")
             lines.append(f"| {r.setting} | {kl} | {r.trace_kept_v_fraction:.3f} | {r.bytes_k / 1e6:.3f} | "
                          f"{r.bytes_v / 1e6:.3f} | {r.bytes_total / 1e6:.3f} | {r.time_s * 1e6:.1f} | "
                          f"{r.time_reduction_vs_dense:.2f} |")
