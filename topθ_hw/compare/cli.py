@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--page-size", type=int, default=16, help="Quest page size, a power of two (default 16)")
     p.add_argument("--sinks", type=int, default=4, help="StreamingLLM sink tokens (default 4)")
     p.add_argument("--recent", type=int, default=None, help="H2O recent window (default k/2)")
-    p.add_argument("--compensation", default="sdc=expthr+vmc",
+    p.add_argument("--compensation", default="sdc=exact+vmc",
                    help="Top-θ's compensated variant (toptheta+comp): sdc=exact|expthr and/or vmc, "
                    "'+'-joined (default %(default)s)")
     p.add_argument("--hardware", type=csv_list(str), default="h100,tpu-v5e",
