@@ -15,6 +15,7 @@ from topθ_hw.engine import replay_layer
 from topθ_hw.quality.attention import KeptCounter, attend
 from topθ_hw.quality.live import sparsified
 from topθ_hw.store import open_trace
+from test_quality import prefill_and_cached_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"topp": dict(budget=0, p=0.9), "quest": dict(budget=64, page_size=16),
@@ -67,21 +68,10 @@ def test_live_method_keeps_what_the_engine_keeps_on_real_rows(name, hamlet):
 def test_decode_with_kv_cache_equals_prefill_rows(loaded):
     """H2O's cache is carried from the prompt call through every decode call."""
     ids = loaded.tokenizer((ROOT / "traces" / "texts" / "kjv-genesis.txt").read_text(), return_tensors="pt").input_ids
-    model, prompt, total = loaded.model, 64, 72
-    x = ids[:, :total]
-    layers = model.config.num_hidden_layers
-    prefill_counter, decode_counter = KeptCounter(layers, prompt + 1), KeptCounter(layers, prompt + 1)
-    name, params = "h2o", dict(budget=40, recent=8)
-    with torch.no_grad():
-        with sparsified(model, live_method(name, **params), prefill_counter):
-            full = model(x[:, :total - 1]).logits[0]
-        with sparsified(model, live_method(name, **params), decode_counter):
-            out = model(x[:, :prompt], use_cache=True)
-            steps = [out.logits[0, -1]]
-            for t in range(prompt, total - 1):
-                out = model(x[:, t:t + 1], cache=out.past_key_values, use_cache=True)
-                steps.append(out.logits[0, -1])
-    assert torch.allclose(torch.stack(steps), full[prompt - 1:total - 1], atol=2e-3)
+    prompt, total = 64, 72
+    cached, full, prefill_counter, decode_counter = prefill_and_cached_decode(
+        loaded.model, lambda: live_method("h2o", budget=40, recent=8), ids[:, :total], prompt)
+    assert torch.allclose(cached, full, atol=2e-3)
     assert np.array_equal(decode_counter.kept_v_rows, prefill_counter.kept_v_rows)
     assert decode_counter.v_row_fraction() < 0.7
 

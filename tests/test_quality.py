@@ -158,23 +158,32 @@ def test_dense_live_attention_reproduces_sdpa_logits(loaded, hamlet_ids):
     assert loaded.model.config._attn_implementation == "sdpa"
 
 
-def test_decode_with_kv_cache_equals_prefill_rows(loaded, hamlet_ids, live_tables):
-    """Generation-time decode and teacher-forced prefill are one semantics: same logits, same V rows."""
-    method = live_methods.TopTheta(live_tables["pre"], sdc="exact", vmc=True)
-    model, prompt, total = loaded.model, 96, 112
-    x = hamlet_ids[None, :total]
-    layers = model.config.num_hidden_layers
+def prefill_and_cached_decode(model, make_method, x, prompt: int):
+    """Run x[:-1] teacher-forced in one call, then the prompt and one-token decode calls with the
+    KV cache, each under a fresh method from ``make_method`` (stateful methods must not share).
+    Returns (the cached run's logits for rows prompt-1.., the same rows of the one-call run, and
+    the two KeptCounters)."""
+    total, layers = x.shape[1], model.config.num_hidden_layers
     prefill_counter, decode_counter = KeptCounter(layers, prompt + 1), KeptCounter(layers, prompt + 1)
     with torch.no_grad():
-        with sparsified(model, method, prefill_counter):
+        with sparsified(model, make_method(), prefill_counter):
             full = model(x[:, :total - 1]).logits[0]
-        with sparsified(model, method, decode_counter):
+        with sparsified(model, make_method(), decode_counter):
             out = model(x[:, :prompt], use_cache=True)
             steps = [out.logits[0, -1]]
             for t in range(prompt, total - 1):
                 out = model(x[:, t:t + 1], cache=out.past_key_values, use_cache=True)
                 steps.append(out.logits[0, -1])
-    assert torch.allclose(torch.stack(steps), full[prompt - 1:total - 1], atol=2e-3)
+    return torch.stack(steps), full[prompt - 1:total - 1], prefill_counter, decode_counter
+
+
+def test_decode_with_kv_cache_equals_prefill_rows(loaded, hamlet_ids, live_tables):
+    """Generation-time decode and teacher-forced prefill are one semantics: same logits, same V rows."""
+    prompt, total = 96, 112
+    cached, full, prefill_counter, decode_counter = prefill_and_cached_decode(
+        loaded.model, lambda: live_methods.TopTheta(live_tables["pre"], sdc="exact", vmc=True),
+        hamlet_ids[None, :total], prompt)
+    assert torch.allclose(cached, full, atol=2e-3)
     assert decode_counter.decode_steps == prefill_counter.decode_steps == total - prompt - 1
     assert np.allclose(decode_counter.kept_v_rows, prefill_counter.kept_v_rows, rtol=2e-3)
     assert 0.05 < decode_counter.v_row_fraction() < 0.9
