@@ -19,7 +19,7 @@ def evaluation_sequences(trace, method: AttentionMethod, requested: list[str] | 
         return list(requested)
     calibrated = set()
     if isinstance(method, TopTheta):
-        calibrated = set(method._table.meta.get("sequences", []))
+        calibrated = set(method.calibration_sequences)
     chosen = [s for s in trace.sequences if s not in calibrated]
     if not chosen:
         raise UserError(f"{trace.path}: every sequence {trace.sequences} was used for calibration; "
@@ -36,7 +36,7 @@ def stats_meta(trace, method: AttentionMethod, sequences: list[str]) -> dict:
             "trace": str(trace.path), "sequences": sequences,
             "sources": {s: trace.sequence(s).source for s in sequences}}
     if isinstance(method, TopTheta):
-        meta["calibration_overlap"] = sorted(set(sequences) & set(method._table.meta.get("sequences", [])))
+        meta["calibration_overlap"] = sorted(set(sequences) & set(method.calibration_sequences))
     return meta
 
 

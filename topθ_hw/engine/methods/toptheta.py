@@ -101,6 +101,11 @@ class TopTheta(AttentionMethod):
         if not np.isfinite(self.lam) or self.lam < 0:
             raise UserError(f"--lam must be a finite number ≥ 0, got {self.lam}")
 
+    @property
+    def calibration_sequences(self) -> list[str]:
+        """The trace sequences the thresholds were calibrated on (replay avoids them by default)."""
+        return list(self._table.meta.get("sequences", []))
+
     def params(self) -> dict:
         return {**super().params(), "layer_k": self._table.layer_k.tolist(),
                 "calibration": {k: self._table.meta.get(k) for k in ("trace", "sequences", "sigma")}}
