@@ -3,6 +3,8 @@ construction, bandwidth sharing on the channels, load imbalance from masks."""
 
 import numpy as np
 import pytest
+
+from topθ_hw.errors import UserError
 import simpy
 
 from topθ_hw.sim import load_device, simulate_call, simulate_kernel
@@ -12,11 +14,22 @@ from topθ_hw.sim.workload import DecodeStream, Shape, decode_call, fetched_unit
 H100 = load_device("h100")
 
 
-@pytest.mark.parametrize("device", ["h100", "a100", "mi300x"])
+@pytest.mark.parametrize("device", ["h100", "h200", "a100"])
 def test_bandwidth_bound_dense_decode_matches_roofline(device):
     r = simulate_kernel(device, 16, 65536, 32, 8, 128, "bf16", 1.0, "row", "dense")
     assert r["time_s"] == pytest.approx(r["roofline_time_s"], rel=0.02)
     assert r["time_s"] >= r["roofline_time_s"]
+
+
+def test_small_shared_memory_runs_fewer_stages_and_falls_behind_the_roofline():
+    """MI300X's 64 KiB LDS holds one 2-stage CTA of 64-key tiles (3 stages do not fit): one CTA
+    per CU cannot keep enough bytes in flight, so dense decode falls short of the bandwidth bound."""
+    r = simulate_kernel("mi300x", 16, 65536, 32, 8, 128, "bf16", 1.0, "row", "dense")
+    assert r["kernel"]["stages"] == 2
+    assert 1.03 * r["roofline_time_s"] < r["time_s"] < 1.5 * r["roofline_time_s"]
+    with pytest.raises(UserError, match="--block-keys 64 with --stages 3 needs 70 KiB"):
+        simulate_kernel("mi300x", 16, 65536, 32, 8, 128, "bf16", 1.0, "row", "dense",
+                        kernel=KernelOptions(stages=3))
 
 
 def test_bytes_by_construction():

@@ -14,8 +14,8 @@ Measures what the decode-attention timings alone cannot separate:
   the SMs, for dense, V-row and page masks;
 - the merge kernel alone (partials in L2) and an empty launch, same session.
 
-Writes DIR/h100_microbench_sm.csv (one row per measurement; `params` is `key=value;...`) and
-DIR/h100_microbench_sm.provenance.json (GPU, versions, command, kernel structure, SDPA kernels).
+Writes DIR/<tag>_microbench_sm.csv (--tag, default h100) (one row per measurement; `params` is `key=value;...`) and
+DIR/<tag>_microbench_sm.provenance.json (GPU, versions, command, kernel structure, SDPA kernels).
 """
 import argparse
 import json
@@ -43,6 +43,7 @@ VARIANTS = [("dense", 1, 1.0), ("vrow", 1, 1.0), ("vrow", 1, 0.5), ("vrow", 1, 0
             ("page", 16, 0.05), ("page", 64, 0.5), ("page", 64, 0.05)]
 GRIDS = [1, 8, 33, 66, 132, 264, 396, 528]
 D, G = 128, 4
+TAG = "h100"  # file prefix, set by --tag
 
 
 class HotTimer(Timer):
@@ -150,7 +151,7 @@ def structure(info, out_dir):
         table[f"reduce S_PAD={s_pad}"] = {"n_regs": ck.n_regs, "n_spills": ck.n_spills,
                                           "shared_bytes": int(ck.metadata.shared), "ctas_per_sm": ctas, **limits}
     info["partial_kernel_structure"] = table
-    (out_dir / "h100_microbench_sm_ttgir.txt").write_text("\n".join(texts))
+    (out_dir / f"{TAG}_microbench_sm_ttgir.txt").write_text("\n".join(texts))
 
 
 # ---------------------------------------------------------------- latency
@@ -322,7 +323,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--tag", default="h100", help="file prefix: the device's short name")
+    p.add_argument("--sections", nargs="+", default=["structure", "sdpa", "merge_and_launch", "latency", "scans"])
     args = p.parse_args()
+    global TAG
+    TAG = args.tag
     args.out.mkdir(parents=True, exist_ok=True)
     from decode_kernels import provenance, write_csv, write_json
     info = provenance(argparse.Namespace(seed=0))
@@ -330,13 +335,15 @@ def main():
     rows, errors = [], {}
 
     def save():
-        write_csv(args.out / "h100_microbench_sm.csv", COLUMNS, [{**base, "repeats": 0, **r} for r in rows])
-        write_json(args.out / "h100_microbench_sm.provenance.json", {**info, "errors": errors})
+        write_csv(args.out / f"{TAG}_microbench_sm.csv", COLUMNS, [{**base, "repeats": 0, **r} for r in rows])
+        write_json(args.out / f"{TAG}_microbench_sm.provenance.json", {**info, "errors": errors})
     sections = [("structure", lambda: structure(info, args.out)), ("sdpa", lambda: sdpa_structure(info)),
                 ("merge_and_launch", lambda: merge_and_launch(rows, args.repeats)),
                 ("latency", lambda: latency(rows, max(10, args.repeats // 2))),
                 ("scans", lambda: scans(rows, args.repeats, save))]
     for name, fn in sections:
+        if name not in args.sections:
+            continue
         try:
             fn()
         except Exception:  # one broken section must not cost the others (single device run)

@@ -36,10 +36,10 @@ from topθ_hw.sim.workload import AttentionCall, kernel_workload
 VALIDATION = Path(__file__).resolve().parents[2] / "sims" / "validation"
 FRACTIONS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)  # the sweep's nominal kept fractions (provenance keys)
 FA2 = KernelOptions(style="fa2", block_keys=128, warps=4, stages=2, ctas_per_unit=2)
-FITTED = ("kernel.issue_fraction", "kernel.tile_compute_ns", "kernel.wide_tile_compute_ns",
-          "kernel.masked_tile_compute_ns", "kernel.row_mask_latency_ns", "kernel.wide_masked_tile_compute_ns",
-          "kernel.wide_row_mask_latency_ns", "memory.unit_bandwidth_GBps", "kernel.issue_contention",
-          "kernel.cta_overhead_ns")
+FITTED = ("build.issue_fraction", "build.tile_compute_ns", "build.wide_tile_compute_ns",
+          "build.masked_tile_compute_ns", "build.row_mask_latency_ns", "build.wide_masked_tile_compute_ns",
+          "build.wide_row_mask_latency_ns", "memory.unit_bandwidth_GBps", "build.issue_contention",
+          "build.cta_overhead_ns")
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ def merge_table(valdir: Path = VALIDATION) -> tuple:
 
 def options(cfg: dict, masked: bool, struct: dict, merges: tuple) -> KernelOptions:
     return KernelOptions(block_keys=cfg["block_n"], warps=cfg["num_warps"], stages=cfg["num_stages"],
-                         ctas_per_unit=occupancy(struct, masked, cfg), reduce_ns=merges)
+                         ctas_per_unit=occupancy(struct, masked, cfg), reduce_ns=merges, mask="precomputed")
 
 
 def decode_points(valdir: Path = VALIDATION) -> list[Point]:

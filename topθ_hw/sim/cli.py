@@ -43,10 +43,32 @@ def register(subparsers) -> None:
                    help="fraction of fetch units (rows, or pages for pageP) kept per KV head (default 1)")
     k.add_argument("--fetch", choices=FETCHES, default="row", help="V fetch granularity (default row)")
     k.add_argument("--method", choices=["dense", "toptheta", "topk"], default="toptheta")
-    k.add_argument("--split-tokens", type=int, default=512, help="keys per split-KV work item (default 512)")
+    k.add_argument("--split-tokens", type=int, default=512,
+                   help="keys per split-KV work item, a multiple of --block-keys (default 512)")
+    add_kernel_arguments(k)
     k.add_argument("--seed", type=int, default=0, help="seed of the synthetic kept-row pattern")
     k.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     k.set_defaults(func=simulate_kernel_handler)
+
+
+def add_kernel_arguments(p) -> None:
+    """How the simulated kernel is built: the fields of topθ_hw.sim.tiles.KernelOptions."""
+    g = p.add_argument_group("kernel build", "the decode kernel the simulator models (sims/kernels/*.toml holds "
+                                             "its per-architecture constants)")
+    g.add_argument("--mask", choices=["threshold", "precomputed"], default="threshold",
+                   help="how V rows are skipped: 'threshold' = the fused Top-θ kernel (score > θ compared "
+                        "in-kernel, union over the KV group, predicated V loads, no mask bytes; default); "
+                        "'precomputed' = a keep byte per row or page loaded from memory before each V copy")
+    g.add_argument("--block-keys", type=int, default=64, help="keys per tile: 64, 128 or 256 (default 64)")
+    g.add_argument("--warps", type=int, default=4, help="warps per CTA: a power of two, 1-32 (default 4)")
+    g.add_argument("--stages", type=int, default=0,
+                   help="software-pipeline depth, 2-8 (default: 3, or 2 where the unit's shared memory "
+                        "holds no 3-stage CTA)")
+
+
+def kernel_options(args: argparse.Namespace):
+    from topθ_hw.sim.tiles import KernelOptions
+    return KernelOptions(block_keys=args.block_keys, warps=args.warps, stages=args.stages, mask=args.mask)
 
 
 def simulate_handler(args: argparse.Namespace) -> int:
@@ -70,14 +92,20 @@ def simulate_handler(args: argparse.Namespace) -> int:
 def simulate_kernel_handler(args: argparse.Namespace) -> int:
     from topθ_hw.sim.simulate import simulate_kernel
 
+    from topθ_hw.errors import UserError
+
+    if not 0 < args.kept_v_fraction <= 1:
+        raise UserError(f"--kept-v-fraction {args.kept_v_fraction}: must be in (0, 1]")
     r = simulate_kernel(args.hardware, args.batch, args.context, args.q_heads, args.kv_heads, args.head_dim,
-                        args.dtype, args.kept_v_fraction, args.fetch, args.method, args.split_tokens, args.seed)
+                        args.dtype, args.kept_v_fraction, args.fetch, args.method, args.split_tokens, args.seed,
+                        kernel=kernel_options(args))
     if args.json:
         print(json.dumps(r, sort_keys=True))
         return 0
     mb = {k: v / 1e6 for k, v in r["bytes"].items()}
     print(f"{r['device']}: {r['method']} decode attention, batch {r['batch']}, context {r['context']}, "
           f"kept V {r['kept_v_fraction']:.3f} ({r['fetch']})")
+    print(f"  kernel   {r['kernel']['label']}")
     print(f"  time     {r['time_s'] * 1e6:10.2f} us   (roofline {r['roofline_time_s'] * 1e6:.2f} us, "
           f"{r['launches']} launches)")
     print("  bytes    " + ", ".join(f"{k} {v:.2f} MB" for k, v in mb.items()) + f"; total {r['bytes_total'] / 1e6:.2f} MB")

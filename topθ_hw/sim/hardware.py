@@ -61,21 +61,33 @@ class Memory:
 
 @dataclass(frozen=True)
 class Kernel:
+    """What the device's runtime and block scheduler cost any kernel (measured by microbenchmarks)."""
     launch_overhead_us: float = _spec("positive", "time of one empty kernel launch between two events")
     launch_gap_us: float = _spec("positive", "extra time per further kernel launched right behind it")
     kv_page_tokens: int = _spec("count", "tokens per KV-cache page of the serving engine")
+    reduce_base_ns: float = _spec("positive", "body of a small merge kernel (one L2 round trip and a store)")
+    cta_dispatch_ns: float = _spec("nonnegative", "block-scheduler time per CTA of a short kernel")
+    combine_step_ns: float = _spec("nonnegative", "per split of a serial combine, besides its L2 round trip")
+
+
+@dataclass(frozen=True)
+class Build:
+    """Constants of a kernel family's build on one architecture (``sims/kernels/<family>.toml``):
+    software, not silicon, so every device of the architecture shares them."""
     tile_compute_ns: float = _spec("positive", "split-KV decode CTA, 64-key tile, 4 warps: compute per tile, alone")
-    masked_tile_compute_ns: float = _spec("positive", "the same with a kept-V mask (keep loads, masking)")
+    masked_tile_compute_ns: float = _spec("positive", "the same with a precomputed kept-V mask (keep loads, masking)")
     row_mask_latency_ns: float = _spec("nonnegative", "further latency per tile of a one-byte-per-row mask")
     wide_tile_compute_ns: float = _spec("positive", "128-key tile, 8 warps: compute per tile, alone")
-    wide_masked_tile_compute_ns: float = _spec("positive", "128-key tile, 8 warps, masked")
+    wide_masked_tile_compute_ns: float = _spec("positive", "128-key tile, 8 warps, precomputed mask")
     wide_row_mask_latency_ns: float = _spec("nonnegative", "128-key tile: further latency of a row mask")
     issue_fraction: float = _spec("fraction", "share of a tile's compute that is issue work co-resident CTAs share")
     issue_contention: float = _spec("nonnegative", "stretch of that issue work per further CTA in its loop")
     cta_overhead_ns: float = _spec("nonnegative", "per-CTA cost on its unit that co-resident CTAs do not hide")
-    reduce_base_ns: float = _spec("positive", "body of a small merge kernel (one L2 round trip and a store)")
-    cta_dispatch_ns: float = _spec("nonnegative", "block-scheduler time per CTA of a short kernel")
-    combine_step_ns: float = _spec("nonnegative", "per split of a serial combine, besides its L2 round trip")
+    threshold_tile_compute_ns: float = _spec("positive", "fused threshold kernel, 64-key tile: compute of a tile "
+                                                         "that reads V (scores, θ compare, group union, P·V)")
+    wide_threshold_tile_compute_ns: float = _spec("positive", "the same at 128-key tiles, 8 warps")
+    skipped_tile_fraction: float = _spec("fraction", "compute of a threshold tile with no needed V row, "
+                                                     "as a fraction of one that reads V")
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,13 @@ class Device:
     name: str
     description: str
     path: str
+    architecture: str  # keys the kernel-family tables (sims/kernels/*.toml)
     compute: Compute
     memory: Memory
     kernel: Kernel
     energy: Energy
-    sources: dict  # "section.key" -> source text
+    build: Build       # the split-KV GPU kernel family's constants for this architecture
+    sources: dict      # "section.key" -> source text ("build.key": the family file's)
 
     @property
     def stream_bandwidth_Bps(self) -> float:
@@ -146,24 +160,27 @@ def load_device(name_or_path: str | os.PathLike) -> Device:
 
 
 def _device_from_dict(raw: dict, path: Path) -> Device:
-    for key in ("name", "description"):
+    for key in ("name", "description", "architecture"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise UserError(f"{path}: field '{key}' missing or not a non-empty string")
     references = raw.get("references", {})
     if not isinstance(references, dict):
         raise UserError(f"{path}: field 'references' must be a table of name = \"citation\"")
-    unknown = set(raw) - {"name", "description", "references", *SECTIONS}
+    unknown = set(raw) - {"name", "description", "architecture", "references", *SECTIONS}
     if unknown:
         raise UserError(f"{path}: unknown top-level field(s) {sorted(unknown)}; "
-                        f"expected name, description, references, {', '.join(SECTIONS)}")
+                        f"expected name, description, architecture, references, {', '.join(SECTIONS)}")
     sections, sources = {}, {}
     for section, cls in SECTIONS.items():
         table = raw.get(section)
         if not isinstance(table, dict):
             raise UserError(f"{path}: section [{section}] missing")
         sections[section] = _section(cls, table, section, path, references, sources)
+    from topθ_hw.sim.kernel_family import GPU_FAMILY, load_build
+    build, build_sources = load_build(GPU_FAMILY, raw["architecture"], where=f"{path}: field 'architecture'")
+    sources.update({f"build.{k}": v for k, v in build_sources.items()})
     device = Device(name=raw["name"], description=raw["description"], path=str(path),
-                    sources=sources, **sections)
+                    architecture=raw["architecture"], build=build, sources=sources, **sections)
     _check_consistency(device, path)
     return device
 

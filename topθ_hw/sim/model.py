@@ -31,7 +31,7 @@ import numpy as np
 import simpy
 
 from topθ_hw.sim.hardware import Device
-from topθ_hw.sim.tiles import (KernelOptions, TileWork, UnitParams, ctas_per_unit, life_ns,
+from topθ_hw.sim.tiles import (KernelOptions, TileWork, UnitParams, ctas_per_unit, life_ns, with_stages,
                                SECTOR_MASK_BYTES, startup_ns)
 from topθ_hw.sim.workload import BYTE_KINDS, TILE, Pass
 
@@ -153,7 +153,7 @@ def assign_to_units(cost: np.ndarray, n_units: int) -> np.ndarray:
 
 
 def unit_params(device: Device) -> UnitParams:
-    m, k = device.memory, device.kernel
+    m, k = device.memory, device.build
     return UnitParams(dram_ns=m.hbm_latency_ns, l2_ns=m.l2_latency_ns, rate=m.unit_bandwidth_GBps,
                       issue_fraction=k.issue_fraction, issue_contention=k.issue_contention,
                       cta_overhead_ns=k.cta_overhead_ns)
@@ -176,14 +176,17 @@ def item_arrays(p: Pass, device: Device, kernel: KernelOptions) -> dict:
             "vflops": p.vector_flops / np.maximum(tiles, 1)}
 
 
-def tile_compute_ns(device: Device, kernel: KernelOptions, masked: bool, matrix_rows: int,
+def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_rows: int,
                     flops_per_tile: float, vector_flops_per_tile: float, row_mask: bool) -> tuple[float, float]:
-    """(compute per tile alone on an SM, extra latency per tile): the kernel's measured per-tile
-    time, plus the matrix work beyond the decode reference (16 padded rows) when there is more."""
-    k, c = device.kernel, device.compute
+    """(compute per tile alone on an SM, extra latency per tile): the kernel build's per-tile time
+    (64-key or 128-key tiles; 256-key tiles as two 128-key ones), plus the matrix work beyond the
+    decode reference (16 padded rows) when there is more."""
+    k, c = device.build, device.compute
     wide = kernel.block_keys > TILE
-    base = ((k.wide_masked_tile_compute_ns if masked else k.wide_tile_compute_ns) if wide
-            else (k.masked_tile_compute_ns if masked else k.tile_compute_ns))
+    base = {"none": (k.tile_compute_ns, k.wide_tile_compute_ns),
+            "precomputed": (k.masked_tile_compute_ns, k.wide_masked_tile_compute_ns),
+            "threshold": (k.threshold_tile_compute_ns, k.wide_threshold_tile_compute_ns)}[mask][wide]
+    base *= max(1, kernel.block_keys // (2 * TILE)) if wide else 1
     extra = (k.wide_row_mask_latency_ns if wide else k.row_mask_latency_ns) if row_mask else 0.0
     rows = 64 if kernel.style == "fa2" else max(c.matrix_min_rows, matrix_rows)
     pad = math.ceil(rows / c.matrix_min_rows) * c.matrix_min_rows / max(1, matrix_rows)
@@ -198,11 +201,11 @@ def unit_groups(p: Pass, device: Device, kernel: KernelOptions, slots_per_unit: 
     Cached on the pass, per kernel and the device numbers the scheduling estimate uses."""
     units = device.compute.units
     key = (kernel, units, slots_per_unit, device.gather_overhead_bytes, device.memory.unit_bandwidth_GBps,
-           device.kernel.tile_compute_ns)
+           device.build.tile_compute_ns)
     cache = p.__dict__.setdefault("_unit_groups", {})
     if key not in cache:
         a = item_arrays(p, device, kernel)
-        cost = a["channel"] / device.memory.unit_bandwidth_GBps + a["tiles"] * device.kernel.tile_compute_ns
+        cost = a["channel"] / device.memory.unit_bandwidth_GBps + a["tiles"] * device.build.tile_compute_ns
         unit_of = assign_to_units(cost, units * slots_per_unit) % units
         sums = np.stack([np.bincount(unit_of, weights=v, minlength=units) for v in a.values()], axis=1)
         counts = np.bincount(unit_of, minlength=units)
@@ -220,10 +223,11 @@ def unit_groups(p: Pass, device: Device, kernel: KernelOptions, slots_per_unit: 
 
 def unit_plans(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -> list[UnitPlan]:
     u = unit_params(device)
-    slots_per_unit = ctas_per_unit(kernel, row_bytes, device.compute.sram_per_unit_KiB)
-    masked = bool(p.v_dependent)
+    mask = kernel.mask if p.v_dependent else "none"
+    kernel = with_stages(kernel, row_bytes, device.compute.sram_per_unit_KiB, mask == "threshold")
+    slots_per_unit = ctas_per_unit(kernel, row_bytes, device.compute.sram_per_unit_KiB, mask == "threshold")
     keep_bytes = kernel.block_keys / max(1, p.fetch_tokens)
-    base = TileWork(tiles=1, k_bytes=0, v_bytes=0, v_fraction=0, masked=masked,
+    base = TileWork(tiles=1, k_bytes=0, v_bytes=0, v_fraction=0, mask=mask,
                     mask_miss=min(1.0, keep_bytes / SECTOR_MASK_BYTES), compute_ns=0, extra_latency_ns=0,
                     stages=kernel.stages, fa2=kernel.style == "fa2")
     return [replace(plan_for(key, base, device, kernel, p, slots_per_unit, u), count=count)
@@ -232,12 +236,13 @@ def unit_plans(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -
 
 def plan_for(key, base: TileWork, device, kernel, p: Pass, slots: int, u: UnitParams) -> UnitPlan:
     n, channel, k, v, tiles, v_tiles, flops, vflops = key
-    compute, extra = tile_compute_ns(device, kernel, base.masked, p.matrix_rows, flops / n, vflops / n,
-                                     base.masked and p.fetch_tokens == 1)
+    compute, extra = tile_compute_ns(device, kernel, base.mask, p.matrix_rows, flops / n, vflops / n,
+                                     base.mask == "precomputed" and p.fetch_tokens == 1)
     w = replace(base, tiles=tiles / n, k_bytes=k / max(tiles, 1),
                 v_bytes=v / v_tiles if v_tiles > 0 else 0.0, v_fraction=v_tiles / max(tiles, 1),
-                compute_ns=compute, extra_latency_ns=extra)
-    if not base.masked and not base.fa2:
+                compute_ns=compute, extra_latency_ns=extra,
+                skip_compute_ns=compute * device.build.skipped_tile_fraction)
+    if base.mask == "none" and not base.fa2:
         w = replace(w, v_fraction=1.0, v_bytes=v / max(tiles, 1))
     first = min(n, slots)
     life, loop = life_ns(w, u, first, staggered=False)

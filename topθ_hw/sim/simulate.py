@@ -13,9 +13,10 @@ import math
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device, load_device
+from topθ_hw.sim.kernel_family import GPU_FAMILY
 from topθ_hw.sim.model import simulate_pass
-from topθ_hw.sim.tiles import KernelOptions, fa2_num_splits
-from topθ_hw.sim.workload import BYTE_KINDS, TILE, AttentionCall, kernel_workload
+from topθ_hw.sim.tiles import KernelOptions, fa2_num_splits, with_stages
+from topθ_hw.sim.workload import BYTE_KINDS, ELEMENT_BYTES, TILE, AttentionCall, kernel_workload
 
 
 def check_fits(call: AttentionCall, device: Device, context_rows: int) -> None:
@@ -95,15 +96,48 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     """Predicted time, bytes by kind, FLOPs and energy of one decode-attention call.
 
     The Python twin of ``toptheta simulate-kernel``; ``hardware`` is a shipped device name, a
-    TOML path or a loaded :class:`Device`.
+    TOML path or a loaded :class:`Device`; ``kernel`` says how the kernel is built (mask kind,
+    tile length, warps, pipeline stages); ``split_tokens`` (keys per split-KV work item) must be
+    a multiple of its tile length. The result's ``kernel`` entry names what was simulated.
     """
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    check_kernel_shape(device, kernel, batch, context, kv_heads, head_dim, dtype, split_tokens)
     call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
                            split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
     result = simulate_call(call, device, kernel)
     return {"device": device.name, "batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
             "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result,
+            "kernel": kernel_description(with_stages(kernel, head_dim * ELEMENT_BYTES[dtype],
+                                                     device.compute.sram_per_unit_KiB,
+                                                     method != "dense" and kernel.mask == "threshold"),
+                                         split_tokens, method),
             "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}
+
+
+def kernel_description(kernel: KernelOptions, split_tokens: int, method: str) -> dict:
+    """Which kernel a simulated number assumes: family, mask kind and launch configuration."""
+    mask = "none" if method == "dense" else kernel.mask
+    family = {"fa2": "flashattention2-splitkv"}.get(kernel.style, GPU_FAMILY)
+    label = (f"{family} {mask if mask != 'none' else 'dense'}, {kernel.block_keys}-key tiles, {kernel.warps} warps, "
+             f"{kernel.stages} stages, {split_tokens}-key splits")
+    return {"family": family, "mask": mask, "block_keys": kernel.block_keys, "warps": kernel.warps,
+            "stages": kernel.stages, "split_tokens": split_tokens, "label": label}
+
+
+def check_kernel_shape(device: Device, kernel: KernelOptions, batch: int, context: int, kv_heads: int,
+                       head_dim: int, dtype: str, split_tokens: int) -> None:
+    """Refuse, from the shape alone and before any allocation, a call the kernel or device cannot run."""
+    if split_tokens < kernel.block_keys or split_tokens % kernel.block_keys:
+        raise UserError(f"--split-tokens {split_tokens}: must be a positive multiple of --block-keys "
+                        f"{kernel.block_keys}")
+    if batch < 1 or context < 1 or kv_heads < 1 or head_dim < 1:
+        raise UserError(f"--batch, --context, --kv-heads and --head-dim must be ≥ 1, got {batch}, {context}, "
+                        f"{kv_heads}, {head_dim}")
+    kv_bytes = 2.0 * batch * kv_heads * context * head_dim * ELEMENT_BYTES.get(dtype, 2)
+    if kv_bytes > device.memory.hbm_capacity_GB * 1e9:
+        raise UserError(f"--batch {batch} x --context {context}: the KV cache of this layer alone is "
+                        f"{kv_bytes / 1e9:.1f} GB; {device.name} has memory.hbm_capacity_GB = "
+                        f"{device.memory.hbm_capacity_GB:g}")
 
 
 def fa2_split_tokens(batch: int, kv_heads: int, context: int, units: int, block_keys: int = 128) -> int:

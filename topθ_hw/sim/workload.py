@@ -259,8 +259,8 @@ def synthetic_kept_units(n_units: int, fraction: float, rng: np.random.Generator
     kept[:sink] = True
     kept[n_units - recent:] = recent > 0
     if scattered:
-        middle = np.arange(sink, n_units - recent)
-        kept[rng.choice(middle, size=scattered, replace=False)] = True
+        # the same draw as choosing from arange(sink, n_units - recent), without building it
+        kept[sink + rng.choice(n_units - sink - recent, size=scattered, replace=False)] = True
     return kept
 
 
@@ -283,7 +283,7 @@ def kernel_workload(batch: int, context: int, q_heads: int, kv_heads: int, head_
     streams = []
     for _ in range(batch * kv_heads):
         units = synthetic_kept_units(n_units, kept_v_fraction, rng, sink, recent)
-        rows = np.repeat(units, page)[:context]
+        rows = units if page == 1 else np.repeat(units, page)[:context]
         streams.append(DecodeStream(context, rows, kept_per_head=float(rows.sum())))
     return decode_call(shape, streams, method, fetch, split_tokens, granule_bytes)
 
