@@ -138,9 +138,8 @@ def summary(scored: pd.DataFrame) -> pd.DataFrame:
                           "within_10pct": (g["error"].abs() <= 0.10).mean(),
                           "speedup_points": len(sparse),
                           "speedup_max_abs_error": sparse["speedup_error"].abs().max() if len(sparse) else np.nan})
-    by = scored.groupby(["family", "kernel"]).apply(stats, include_groups=False).reset_index()
-    total = stats(scored).to_frame().T.assign(family="all", kernel="all")
-    return pd.concat([by, total], ignore_index=True)
+    rows = [{"family": f, "kernel": k, **stats(g)} for (f, k), g in scored.groupby(["family", "kernel"])]
+    return pd.DataFrame(rows + [{"family": "all", "kernel": "all", **stats(scored)}])
 
 
 def main(argv: list[str] | None = None) -> int:

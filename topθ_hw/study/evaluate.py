@@ -37,7 +37,7 @@ def device_for(task: dict) -> Device:
 def device_fingerprint(device: Device) -> dict:
     """The numbers a simulation depends on (sources and paths excluded)."""
     d = dataclasses.asdict(device)
-    return {k: d[k] for k in ("compute", "memory", "kernel", "energy")}
+    return {k: d[k] for k in ("architecture", "compute", "memory", "kernel", "build", "energy")}
 
 
 def fetch_mode(page_size: int) -> str:
@@ -46,20 +46,24 @@ def fetch_mode(page_size: int) -> str:
 
 OUTPUTS = ("time_s", "roofline_time_s", "bytes_k", "bytes_v", "bytes_scores", "bytes_thresholds",
            "bytes_other", "bytes_total", "flops", "energy_j", "energy_hbm_j", "energy_sram_j",
-           "energy_compute_j", "utilisation", "launches", "events")
+           "energy_compute_j", "utilisation", "launches", "events", "kernel_label")
 
 
 def evaluate_point(task: dict) -> dict:
     """Simulate the task's decode-attention call; returns the task's keys plus the outputs."""
     from topθ_hw.sim import simulate_kernel
+    from topθ_hw.sim.tiles import KernelOptions
 
     device = device_for(task)
     kernel = task["kernel"]
+    build = KernelOptions(mask=task["mask"], block_keys=task["block_keys"], warps=task["warps"],
+                          stages=task["stages"])
     out = simulate_kernel(device, batch=task["batch"], context=task["context"],
                           q_heads=kernel["q_heads"], kv_heads=kernel["kv_heads"],
                           head_dim=kernel["head_dim"], dtype=kernel["dtype"],
                           kept_v_fraction=task["kept_v_fraction"], fetch=fetch_mode(task["page_size"]),
-                          method=task["sim_method"])
+                          method=task["sim_method"], split_tokens=task["split_tokens"], kernel=build)
+    out["kernel_label"] = out["kernel"]["label"]
     row = {k: v for k, v in task.items() if k not in ("kernel", "method_spec", "device_numbers")}
     row.update(hbm_bandwidth_GBps=device.memory.hbm_bandwidth_GBps,
                sram_per_unit_KiB=device.compute.sram_per_unit_KiB)

@@ -49,6 +49,12 @@ AXES = {
     "bandwidth_scale": (float, [1.0]),
     "sram_scale": (float, [1.0]),
     "trace": (str, ["traces/smollm2-135m.zarr"]),
+    # how the simulated decode kernel is built (topθ_hw.sim.tiles.KernelOptions; stages 0 = auto)
+    "mask": (str, ["threshold"]),
+    "block_keys": (int, [64]),
+    "warps": (int, [4]),
+    "stages": (int, [0]),
+    "split_tokens": (int, [512]),
 }
 KERNEL_DEFAULTS = {"q_heads": 32, "kv_heads": 8, "head_dim": 128, "dtype": "bf16"}
 # Empty lists mean: the engine's defaults (calibrate on the first sequence, evaluate on the others;
@@ -180,6 +186,7 @@ def _check_values(path, axes, methods, known_device) -> None:
         bad = [v for v in axes[name] if v <= 0]
         if bad:
             raise UserError(f"{path}: 'axes.{name}' has {bad}, expected positive scale factors")
+    _check_kernel_axes(path, axes)
     bad = [v for v in axes["page_size"] if v not in PAGE_SIZES]
     if bad:
         raise UserError(f"{path}: 'axes.page_size' has {bad}, expected values from {list(PAGE_SIZES)}")
@@ -191,6 +198,23 @@ def _check_values(path, axes, methods, known_device) -> None:
         bad = [d for d in axes["device"] if not known_device(d)]
         if bad:
             raise UserError(f"{path}: 'axes.device' names unknown devices {bad}")
+
+
+def _check_kernel_axes(path, axes) -> None:
+    """Every combination of the kernel-build axes must be a kernel the simulator can be told."""
+    from topθ_hw.sim.tiles import KernelOptions
+    for mask in axes["mask"]:
+        for block in axes["block_keys"]:
+            for warps in axes["warps"]:
+                for stages in axes["stages"]:
+                    try:
+                        KernelOptions(block_keys=block, warps=warps, stages=stages, mask=mask)
+                    except UserError as exc:
+                        raise UserError(f"{path}: axes mask/block_keys/warps/stages: {exc}") from None
+            bad = [v for v in axes["split_tokens"] if v < block or v % block]
+            if bad:
+                raise UserError(f"{path}: 'axes.split_tokens' has {bad}, expected multiples of every "
+                                f"'axes.block_keys' value ({block})")
 
 
 def point_hash(inputs: dict) -> str:
