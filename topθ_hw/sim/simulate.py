@@ -55,6 +55,9 @@ def energy_j(byte_total: float, matrix_flops: float, vector_flops: float, device
 
 def simulate_call(call: AttentionCall, device: Device, kernel: KernelOptions = KernelOptions()) -> dict:
     """Simulate every pass of ``call``; one flat dict of totals (seconds, bytes, FLOPs, joules)."""
+    if device.dma is not None:  # accelerators stream DMA blocks into a scratchpad: their own model
+        from topθ_hw.sim.dma import DmaKernel, simulate_dma_call
+        return simulate_dma_call(call, device, kernel if isinstance(kernel, DmaKernel) else None)
     context_rows = int(sum(p.bytes["k"].sum() for p in call.passes) // call.shape.row_bytes)
     check_fits(call, device, context_rows)
     k = device.kernel
