@@ -128,22 +128,21 @@ def _blocks(work: dict, items: np.ndarray, block_keys: int) -> dict:
 
 
 def unit_blocks(p: Pass, device: Device, kernel: DmaKernel, row_bytes: int, block_rows: int) -> list[UnitBlocks]:
-    """Block sequences per core, cores with the same sequence merged (``count``)."""
+    """Block sequences per core; cores with as many blocks and per-stage sums within a few per cent
+    (3 significant digits) run alike, as one sequence (their mean) standing for ``count`` cores."""
     work = item_work(p, device, kernel, row_bytes)
     units = device.compute.units
     unit_of = assign_to_units(work["channel"], units) if units > 1 else np.zeros(p.items, dtype=np.int64)
     groups: dict = {}
     for u in np.unique(unit_of):
         blocks = _blocks(work, np.flatnonzero(unit_of == u), block_rows)
-        key = tuple(np.round(np.concatenate(list(blocks.values())), 3))
-        if key in groups:
-            groups[key][0] += 1
-        else:
-            groups[key] = [1, blocks]
-    return [UnitBlocks(count=n, step_ns=kernel.grid_step_overhead_ns,
-                       **{f"{name}_ns" if name != "channel" else "channel_bytes": tuple(b[name].tolist())
+        key = (len(blocks["channel"]),) + tuple(float(f"{v.sum():.3g}") for v in blocks.values())
+        groups.setdefault(key, []).append(blocks)
+    return [UnitBlocks(count=len(alike), step_ns=kernel.grid_step_overhead_ns,
+                       **{f"{name}_ns" if name != "channel" else "channel_bytes":
+                          tuple(np.mean([b[name] for b in alike], axis=0).tolist())
                           for name in ("channel", "issue", "qk", "vector", "pv")})
-            for n, b in groups.values()]
+            for alike in groups.values()]
 
 
 def simulate_dma_pass(p: Pass, device: Device, kernel: DmaKernel, row_bytes: int, block_rows: int) -> dict:

@@ -1,0 +1,116 @@
+"""The DMA-pipelined accelerator model (sim/dma.py): near the bandwidth bound for dense decode or a
+named cause, descriptor-bound row gathers that page fetch recovers, scratchpad fit, buffer depth,
+bytes conserved from the workload to the blocks."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from topθ_hw.errors import UserError
+from topθ_hw.sim import load_device, simulate_call
+from topθ_hw.sim.dma import simulate_dma_call, unit_blocks, item_work
+from topθ_hw.sim.dma_kernel import dma_kernel_for
+from topθ_hw.sim.workload import BYTE_KINDS, DecodeStream, Shape, decode_call, kernel_workload
+
+ACCELERATORS = ["tpu-v5e", "npu"]
+SHAPE = dict(q_heads=32, kv_heads=8, head_dim=128, dtype="bf16")
+
+
+def decode(batch, context, kept=1.0, fetch="row", method="dense"):
+    if method == "dense":   # no masks to draw: every stream reads all of its context
+        streams = [DecodeStream(context)] * (batch * SHAPE["kv_heads"])
+        return decode_call(Shape(**SHAPE), streams, "dense", fetch)
+    return kernel_workload(batch, context, SHAPE["q_heads"], SHAPE["kv_heads"], SHAPE["head_dim"], SHAPE["dtype"],
+                           kept, fetch, method)
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+@pytest.mark.parametrize("batch", [1, 8, 64])
+@pytest.mark.parametrize("context", [4096, 32768, 131072])
+def test_dense_decode_is_near_its_bandwidth_bound_or_names_a_cause(name, batch, context):
+    device = load_device(name)
+    call = decode(batch, context)
+    kv_gb = 2 * batch * SHAPE["kv_heads"] * context * 256 / 1e9
+    if kv_gb > device.memory.hbm_capacity_GB:
+        with pytest.raises(UserError, match="hbm_capacity_GB"):
+            simulate_call(call, device)
+        return
+    r = simulate_call(call, device)
+    assert r["execution"] == "dma-blocks" and r["validation"].startswith("unvalidated")
+    assert r["bandwidth_bound_s"] == pytest.approx(r["bytes_total"] / (device.memory.hbm_bandwidth_GBps * 1e9))
+    assert r["time_s"] >= r["roofline_time_s"] >= r["bandwidth_bound_s"]
+    assert r["time_s"] <= 2 * r["bandwidth_bound_s"] or r["cause"], r
+    if context >= 32768:   # long dense decode streams: no excuse needed
+        assert r["time_s"] <= 1.5 * r["bandwidth_bound_s"] and r["cause"] == ""
+
+
+def test_tpu_row_gathers_are_descriptor_bound_and_page_fetch_recovers():
+    tpu = load_device("tpu-v5e")
+    per_byte = {}
+    for fetch, method, kept in [("row", "dense", 1.0), ("row", "toptheta", 0.3), ("page64", "toptheta", 0.3)]:
+        r = simulate_call(decode(4, 32768, kept, fetch, method), tpu)
+        per_byte[fetch, method] = (r["time_s"] / r["bytes_total"], r["cause"])
+    stream, _ = per_byte["row", "dense"]
+    gather, cause = per_byte["row", "toptheta"]
+    paged, page_cause = per_byte["page64", "toptheta"]
+    assert gather > 2 * stream and cause.startswith("descriptor-bound gather")
+    assert paged < 1.25 * stream and page_cause == ""
+    # the mechanism, not a constant: with free descriptors the same gather streams
+    free = dataclasses.replace(tpu, dma=dataclasses.replace(tpu.dma, descriptor_issue_ns=1e-3))
+    r = simulate_call(decode(4, 32768, 0.3, "row", "toptheta"), free)
+    assert r["time_s"] / r["bytes_total"] < 0.5 * gather and "descriptor" not in r["cause"]
+
+
+def test_matrix_unit_padding_is_charged():
+    tpu = load_device("tpu-v5e")
+    kernel = dma_kernel_for(tpu)
+    p = decode(1, 8192).passes[0]
+    work = item_work(p, tpu, kernel, 256)
+    useful = p.matrix_flops.sum() / (tpu.compute.matrix_TFLOPS * 1e3)
+    assert (work["qk"] + work["pv"]).sum() == pytest.approx(useful * 128 / 4)   # G = 4 rows padded to 128
+
+
+def test_block_that_does_not_fit_the_scratchpad_is_one_clear_line():
+    npu = load_device("npu")
+    with pytest.raises(UserError, match=r"block_keys.*--buffers") as err:
+        simulate_dma_call(decode(1, 4096), npu, dma_kernel_for(npu, block_keys=8192, buffers=3))
+    assert "\n" not in str(err.value) and "sram_per_unit_KiB" in str(err.value) and "12288 KiB" in str(err.value)
+    with pytest.raises(UserError, match=r"kernel field 'buffers' \(--buffers\) must be a whole number ≥ 2"):
+        dma_kernel_for(npu, buffers=1)
+    gpu_like = dataclasses.replace(npu, architecture="sm90")
+    with pytest.raises(UserError, match=r"field 'architecture' is 'sm90'.*known: npu, tpu-v5"):
+        dma_kernel_for(gpu_like)
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_more_buffers_are_never_slower(name):
+    device = load_device(name)
+    for call in (decode(2, 16384), decode(2, 16384, 0.1, "row", "toptheta"), decode(2, 16384, 0.1, "page16", "toptheta")):
+        times = [simulate_dma_call(call, device, dma_kernel_for(device, buffers=b))["time_s"] for b in (2, 3, 4, 6)]
+        assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(times, times[1:])), times
+
+def test_a_third_buffer_hides_the_round_trip_of_short_blocks():
+    tpu = load_device("tpu-v5e")   # 256-token blocks: compute + grid step + latency exceed one transfer
+    two, three = (simulate_dma_call(decode(1, 32768), tpu, dma_kernel_for(tpu, block_keys=256, buffers=b))["time_s"]
+                  for b in (2, 3))
+    assert three < 0.95 * two
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_bytes_are_conserved_from_workload_to_blocks(name):
+    device = load_device(name)
+    kernel = dma_kernel_for(device)
+    call = decode(3, 5000, 0.2, "row", "toptheta")   # ragged: 5000 keys is no multiple of a block
+    r = simulate_dma_call(call, device, kernel)
+    for kind in BYTE_KINDS:
+        assert r[f"bytes_{kind}"] == call.total(kind)
+    for p in call.passes:
+        work = item_work(p, device, kernel, call.shape.row_bytes)
+        total = sum(p.bytes[kind] for kind in BYTE_KINDS).sum()
+        assert work["channel"].sum() >= total
+        units = unit_blocks(p, device, kernel, call.shape.row_bytes, kernel.block_rows(call.shape.kv_heads))
+        assert sum(u.count for u in units) <= device.compute.units
+        assert sum(u.count * sum(u.channel_bytes) for u in units) == pytest.approx(work["channel"].sum())
+        assert sum(u.count * sum(u.issue_ns) for u in units) == pytest.approx(work["issue"].sum())
+        assert all(np.all(np.asarray(u.channel_bytes) >= 0) for u in units)
