@@ -83,4 +83,6 @@ def simulate_kernel_handler(args: argparse.Namespace) -> int:
     print("  bytes    " + ", ".join(f"{k} {v:.2f} MB" for k, v in mb.items()) + f"; total {r['bytes_total'] / 1e6:.2f} MB")
     print(f"  flops    {r['flops'] / 1e9:.3f} GFLOP   energy {r['energy_j'] * 1e3:.3f} mJ   "
           f"bandwidth utilisation {r['utilisation']:.1%}")
+    if "validation" in r:  # accelerators (sim/dma.py): which kernel, why slow, how trustworthy
+        print(f"  kernel   {r['kernel']}{'; ' + r['cause'] if r['cause'] else ''}; {r['validation']}")
     return 0
