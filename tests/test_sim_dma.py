@@ -114,3 +114,11 @@ def test_bytes_are_conserved_from_workload_to_blocks(name):
         assert sum(u.count * sum(u.channel_bytes) for u in units) == pytest.approx(work["channel"].sum())
         assert sum(u.count * sum(u.issue_ns) for u in units) == pytest.approx(work["issue"].sum())
         assert all(np.all(np.asarray(u.channel_bytes) >= 0) for u in units)
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_tiny_calls_name_the_launch_overhead(name):
+    device = load_device(name)
+    r = simulate_call(decode(1, 128), device)
+    assert r["time_s"] > 2 * r["bandwidth_bound_s"]
+    assert r["cause"].startswith("launch overhead at tiny size")

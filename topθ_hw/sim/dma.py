@@ -40,7 +40,8 @@ from topθ_hw.sim.hardware import Device
 from topθ_hw.sim.model import HBM, assign_to_units
 from topθ_hw.sim.workload import BYTE_KINDS, AttentionCall, Pass
 
-__all__ = ["DmaKernel", "UnitBlocks", "simulate_dma_call", "simulate_dma_pass", "unit_blocks"]
+__all__ = ["DmaKernel", "UnitBlocks", "descriptors", "item_work", "simulate_dma_call", "simulate_dma_pass",
+           "unit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -92,22 +93,26 @@ def tensor_core(env, unit: UnitBlocks, resident: simpy.Store, log: list):
     log.append((unit.count, start, env.now))
 
 
+def descriptors(p: Pass, kernel: DmaKernel, row_bytes: int) -> np.ndarray:
+    """DMA descriptors per work item: one per contiguous run. K and dense V come in KV-cache pages
+    (the fetch page, else the family's ``page_tokens``); gathered V rows in their kept runs, never
+    fewer than the pages they touch; each other operand (query, θ, partial outputs) in one."""
+    k, v = p.bytes["k"].astype(float), p.bytes["v"].astype(float)
+    page_bytes = (p.fetch_tokens if p.fetch_tokens > 1 else kernel.page_tokens) * row_bytes
+    v_desc = np.ceil(v / page_bytes)
+    if p.v_dependent and p.fetch_tokens == 1:
+        v_desc = np.maximum(v_desc, (p.runs - 1) * (v > 0))
+    others = sum((p.bytes[kind] > 0) for kind in BYTE_KINDS if kind not in ("k", "v"))
+    return np.ceil(k / page_bytes) + v_desc + others
+
+
 def item_work(p: Pass, device: Device, kernel: DmaKernel, row_bytes: int) -> dict:
-    """Per work item: block-axis rows, channel bytes, descriptors, matrix / vector ns on one core."""
+    """Per work item: block-axis rows, channel bytes, descriptor issue and matrix / vector ns on one core."""
     c, dma = device.compute, device.dma
     k, v = p.bytes["k"].astype(float), p.bytes["v"].astype(float)
     total = sum(p.bytes[kind] for kind in BYTE_KINDS).astype(float)
-    other = total - k - v
-    page = p.fetch_tokens if p.fetch_tokens > 1 else kernel.page_tokens
-    k_desc = np.ceil(k / (page * row_bytes))
-    if p.fetch_tokens > 1:                      # every fetched page is its own descriptor
-        v_desc = np.ceil(v / (page * row_bytes))
-    elif p.v_dependent:                         # gathered rows: one descriptor per contiguous run
-        v_desc = np.maximum(p.runs - 1, 0).astype(float) * (v > 0)
-    else:
-        v_desc = np.ceil(v / (page * row_bytes))
-    desc = k_desc + v_desc + sum((p.bytes[kind] > 0) for kind in BYTE_KINDS if kind not in ("k", "v"))
-    rows = k / row_bytes if k.sum() > 0 else total / (2 * row_bytes)
+    desc = descriptors(p, kernel, row_bytes)
+    rows = k / row_bytes if k.sum() > 0 else total / (2 * row_bytes)   # no K: the bytes of a K + V row pair
     m_rows = max(1, p.matrix_rows)
     m_pad = math.ceil(m_rows / c.matrix_min_rows) * c.matrix_min_rows / m_rows
     v_pad = math.ceil(m_rows / dma.vector_tile_rows) * dma.vector_tile_rows / m_rows if p.matrix_flops.sum() else 1
@@ -119,10 +124,10 @@ def item_work(p: Pass, device: Device, kernel: DmaKernel, row_bytes: int) -> dic
             "vector": p.vector_flops * v_pad / (c.vector_TFLOPS * 1e3 / c.units)}
 
 
-def _blocks(work: dict, items: np.ndarray, block_keys: int) -> dict:
-    """Cut the items' concatenated rows into blocks of ``block_keys``; spread each quantity pro rata."""
+def _blocks(work: dict, items: np.ndarray, block_rows: int) -> dict:
+    """Cut the items' concatenated rows into blocks of ``block_rows``; spread each quantity pro rata."""
     cum = np.concatenate([[0.0], np.cumsum(work["rows"][items])])
-    edges = np.unique(np.append(np.arange(0.0, cum[-1], block_keys), cum[-1]))
+    edges = np.unique(np.append(np.arange(0.0, cum[-1], block_rows), cum[-1]))
     return {name: np.diff(np.interp(edges, cum, np.concatenate([[0.0], np.cumsum(values[items])])))
             for name, values in work.items() if name != "rows"}
 
