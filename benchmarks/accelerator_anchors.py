@@ -26,7 +26,8 @@ CHIPS = 8
 
 
 def dense(batch: int, context: int, q_heads: int = 32, kv_heads: int = 8) -> object:
-    return decode_call(Shape(q_heads, kv_heads, 128, "bf16"), [DecodeStream(context)] * (batch * kv_heads), "dense", "row")
+    streams = [DecodeStream(context)] * (batch * kv_heads)
+    return decode_call(Shape(q_heads, kv_heads, 128, "bf16"), streams, "dense", "row")
 
 
 def issue_case() -> None:
@@ -51,9 +52,10 @@ def jetstream_steps() -> None:
         attention = simulate_call(dense(batch, cache, hq // CHIPS, max(1, hkv // CHIPS)), tpu)["time_s"] * layers
         weights = params * 2 / CHIPS / tpu.stream_bandwidth_Bps
         measured = batch / tokens_s
+        verdict = "consistent" if attention + weights <= measured else "TOO SLOW"
         print(f"{model} v5e-8 bf16 batch {batch}, cache {cache}: model step {1e3 * (attention + weights):.2f} ms "
               f"(attention {1e3 * attention:.2f} + weights {1e3 * weights:.2f}) vs measured serving step "
-              f"{1e3 * measured:.2f} ms ({tokens_s:g} tok/s): {'consistent' if attention + weights <= measured else 'TOO SLOW'}")
+              f"{1e3 * measured:.2f} ms ({tokens_s:g} tok/s): {verdict}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim import load_device, simulate_call
-from topθ_hw.sim.dma import simulate_dma_call, unit_blocks, item_work
+from topθ_hw.sim.dma import item_work, simulate_dma_call, simulate_dma_pass, unit_blocks
 from topθ_hw.sim.dma_kernel import dma_kernel_for
 from topθ_hw.sim.workload import BYTE_KINDS, DecodeStream, Shape, decode_call, kernel_workload
 
@@ -86,7 +86,8 @@ def test_block_that_does_not_fit_the_scratchpad_is_one_clear_line():
 @pytest.mark.parametrize("name", ACCELERATORS)
 def test_more_buffers_are_never_slower(name):
     device = load_device(name)
-    for call in (decode(2, 16384), decode(2, 16384, 0.1, "row", "toptheta"), decode(2, 16384, 0.1, "page16", "toptheta")):
+    calls = (decode(2, 16384), decode(2, 16384, 0.1, "row", "toptheta"), decode(2, 16384, 0.1, "page16", "toptheta"))
+    for call in calls:
         times = [simulate_dma_call(call, device, dma_kernel_for(device, buffers=b))["time_s"] for b in (2, 3, 4, 6)]
         assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(times, times[1:])), times
 
@@ -122,3 +123,51 @@ def test_tiny_calls_name_the_launch_overhead(name):
     r = simulate_call(decode(1, 128), device)
     assert r["time_s"] > 2 * r["bandwidth_bound_s"]
     assert r["cause"].startswith("launch overhead at tiny size")
+
+
+def test_pipeline_limits_are_exact():
+    """Free compute: one stream of bytes plus one access latency. Free memory: the compute of every
+    block plus the first block's arrival."""
+    tpu = load_device("tpu-v5e")
+    kernel = dataclasses.replace(dma_kernel_for(tpu), grid_step_overhead_ns=1e-6)
+    p = decode(2, 32768).passes[0]
+    rows = kernel.block_rows(8)
+    infinite = dataclasses.replace(tpu.compute, matrix_TFLOPS=1e9, vector_TFLOPS=1e9)
+    free_compute = dataclasses.replace(tpu, compute=infinite,
+                                       dma=dataclasses.replace(tpu.dma, descriptor_issue_ns=1e-6))
+    channel = item_work(p, free_compute, kernel, 256)["channel"].sum()
+    body = simulate_dma_pass(p, free_compute, kernel, 256, rows)["body_ns"]
+    assert body == pytest.approx(channel / (free_compute.stream_bandwidth_Bps * 1e-9) + tpu.memory.hbm_latency_ns,
+                                 rel=1e-3)
+    fast = dataclasses.replace(tpu.memory, hbm_bandwidth_GBps=1e9, unit_bandwidth_GBps=1e9, hbm_latency_ns=1e-6)
+    free_memory = dataclasses.replace(tpu, memory=fast, dma=dataclasses.replace(tpu.dma, descriptor_issue_ns=1e-6))
+    work = item_work(p, free_memory, kernel, 256)
+    compute = (work["qk"] + work["pv"] + work["vector"]).sum()
+    assert simulate_dma_pass(p, free_memory, kernel, 256, rows)["body_ns"] == pytest.approx(compute, rel=1e-3)
+
+
+def test_bad_kernel_family_file_names_file_and_field(tmp_path, monkeypatch):
+    shipped = dma_kernel_for(load_device("tpu-v5e")).path
+    text = open(shipped).read()
+    monkeypatch.setenv("TOPTHETA_KERNELS_DIR", str(tmp_path))
+    page = "'architectures.tpu-v5.page_tokens'"
+    for edit, message in [
+        (lambda t: t.replace('page_tokens = "ref:rpa_blocks', 'page_tokens = "trust me'), page + ".*must start with"),
+        (lambda t: t.replace("page_tokens = 128", "page_tokens = 0"), page + " must be a whole number"),
+        (lambda t: t.replace("validation = \"unvalidated", "validation = \"validated"), r"must say \"unvalidated"),
+        (lambda t: t.replace("buffers = 2\n", "buffers = 2\nstages = 3\n", 1),
+         r"unknown field\(s\) \['defaults.stages'\]"),
+    ]:
+        (tmp_path / "pallas-tpu.toml").write_text(edit(text))
+        with pytest.raises(UserError, match=message) as err:
+            dma_kernel_for(load_device("tpu-v5e"))
+        assert "pallas-tpu.toml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_dma_section_names_the_field(tmp_path):
+    from topθ_hw.sim.hardware import hardware_dir
+    text = (hardware_dir() / "tpu-v5e.toml").read_text()
+    text = text.replace("descriptor_issue_ns = 10.0", "descriptor_issue_ns = -1")
+    (tmp_path / "tpu.toml").write_text(text)
+    with pytest.raises(UserError, match=r"tpu.toml: field 'dma.descriptor_issue_ns' must be > 0"):
+        load_device(tmp_path / "tpu.toml")

@@ -178,7 +178,8 @@ def check_block_fits(device: Device, kernel: DmaKernel, row_bytes: int, block_ro
               (kernel.scratchpad_limit_KiB, f"{kernel.path} architectures.{kernel.architecture}.scratchpad_limit_KiB")]
     limit, where = min(limits)
     if need_kib > limit:
-        raise UserError(f"kernel {kernel.family}: buffers {kernel.buffers} × (K block + V block) = {kernel.buffers} × 2 × "
+        raise UserError(f"kernel {kernel.family}: buffers {kernel.buffers} × (K block + V block) = "
+                        f"{kernel.buffers} × 2 × "
                         f"{block_rows} rows × {row_bytes} B = {need_kib:g} KiB exceeds the {limit:g} KiB "
                         f"scratchpad ({where}); lower --block-keys (kernel field 'block_keys') or --buffers")
 

@@ -102,8 +102,9 @@ def _family(raw: dict, path: Path, architecture: str) -> DmaKernel:
                        sources)
     if not isinstance(arch.get("blocks_span_kv_heads"), bool):
         raise UserError(f"{path}: field '{where}.blocks_span_kv_heads' must be true or false")
-    sources[f"{where}.blocks_span_kv_heads"] = _check_source(arch.get("sources", {}).get("blocks_span_kv_heads"),
-                                                             references, path, f"{path}: field '{where}.blocks_span_kv_heads'")
+    span = f"{where}.blocks_span_kv_heads"
+    sources[span] = _check_source(arch.get("sources", {}).get("blocks_span_kv_heads"), references, path,
+                                  f"{path}: field '{span}'")
     if not isinstance(arch.get("validation"), str) or not arch["validation"].startswith("unvalidated"):
         raise UserError(f"{path}: field '{where}.validation' must say \"unvalidated: anchored to <reference>\"")
     if defaults["buffers"] < 2:
