@@ -171,3 +171,12 @@ def test_bad_dma_section_names_the_field(tmp_path):
     (tmp_path / "tpu.toml").write_text(text)
     with pytest.raises(UserError, match=r"tpu.toml: field 'dma.descriptor_issue_ns' must be > 0"):
         load_device(tmp_path / "tpu.toml")
+
+
+def test_the_python_api_takes_a_configured_dma_kernel():
+    from topθ_hw.sim import dma_kernel_for as configure, simulate_kernel
+    tpu = load_device("tpu-v5e")
+    r = simulate_kernel(tpu, 1, 8192, 32, 8, 128, "bf16", 1.0, "row", "dense",
+                        kernel=configure(tpu, block_keys=512, buffers=3))
+    assert r["kernel"] == "pallas-tpu (block_keys=512, buffers=3)" and r["blocks"] > 8
+    assert "execution" not in simulate_kernel("h100", 1, 8192, 32, 8, 128, "bf16", 1.0, "row", "dense")
