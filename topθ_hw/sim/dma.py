@@ -2,15 +2,15 @@
 
 Time unit: ``env.now`` is in nanoseconds. A TPU or NPU kernel (Pallas BlockSpecs, NKI) does not run
 the GPU's per-SM tile loop: each core walks its share of the work as a sequence of large blocks of
-``block_keys`` KV rows, DMAs them HBM → scratchpad ahead of use, and computes on one block while the
-next ones arrive. Actors, in SimPy's example style:
+``block_keys`` tokens (of every KV head, when the family's blocks span the heads), DMAs them
+HBM → scratchpad ahead of use, and computes on one block while the next ones arrive. Actors, in SimPy's example style:
 
 - ``dma_engine(env, unit, resident, queue)``: per block, waits for a free buffer (``resident`` is a
   ``Store`` of the blocks issued but not yet taken by the core, capacity ``buffers - 1``: together
   with the block being computed, at most ``buffers`` blocks occupy the scratchpad), then issues the
   block's descriptors — one per contiguous run: a KV page, a gathered run of kept V rows — at the
   device's per-descriptor issue time, and queues the block for transfer.
-- ``dma_channel(env, unit, hbm, queue)``: the unit's transfers in issue order (FIFO), through the
+- ``dma_channel(env, unit, hbm, queue, cap)``: the unit's transfers in issue order (FIFO), through the
   shared HBM pool of model.py (the device's streaming bandwidth, each unit capped at its own rate);
   a block has landed one access latency after its last byte.
 - ``tensor_core(env, unit, resident, log)``: takes the oldest block, waits until it has landed, then
@@ -20,9 +20,9 @@ next ones arrive. Actors, in SimPy's example style:
 
 Work comes from the same passes the GPU path simulates (workload.py): per work item the bytes by
 kind, the separate runs and the FLOPs. A core's items are concatenated and cut into blocks of
-``block_keys`` K rows (passes without K: the byte equivalent of a K + V block); item quantities
-are spread over the blocks pro rata. Cores that got the same blocks run as one process standing
-for ``count`` of them. The kernel family (block length, buffer depth, grid-step cost, page size,
+``DmaKernel.block_rows`` K rows (passes without K: the byte equivalent of a K + V block); item
+quantities are spread over the blocks pro rata. Cores whose blocks agree to 3 significant digits
+run as one process standing for ``count`` of them. The kernel family (block length, buffer depth, grid-step cost, page size,
 scratchpad limit) is read from ``sims/kernels/`` by the device's architecture (dma_kernel.py).
 """
 
