@@ -59,16 +59,28 @@ def add_kernel_arguments(p) -> None:
                    help="how V rows are skipped: 'threshold' = the fused Top-θ kernel (score > θ compared "
                         "in-kernel, union over the KV group, predicated V loads, no mask bytes; default); "
                         "'precomputed' = a keep byte per row or page loaded from memory before each V copy")
-    g.add_argument("--block-keys", type=int, default=64, help="keys per tile: 64, 128 or 256 (default 64)")
+    g.add_argument("--block-keys", type=int, default=None,
+                   help="keys per tile: 64, 128 or 256 on GPUs (default 64); keys per DMA block on "
+                        "accelerators (default: their kernel family's, sims/kernels/*.toml)")
+    g.add_argument("--buffers", type=int, default=None,
+                   help="accelerators only: DMA buffers in flight, ≥ 2 (default: the kernel family's)")
     g.add_argument("--warps", type=int, default=4, help="warps per CTA: a power of two, 1-32 (default 4)")
     g.add_argument("--stages", type=int, default=0,
                    help="software-pipeline depth, 2-8 (default: 3, or 2 where the unit's shared memory "
                         "holds no 3-stage CTA)")
 
 
-def kernel_options(args: argparse.Namespace):
+def kernel_options(args: argparse.Namespace, device):
+    """The kernel the flags describe: a GPU build, or the accelerator's DMA kernel."""
+    from topθ_hw.errors import UserError
     from topθ_hw.sim.tiles import KernelOptions
-    return KernelOptions(block_keys=args.block_keys, warps=args.warps, stages=args.stages, mask=args.mask)
+    if device.dma is not None:
+        from topθ_hw.sim.dma_kernel import dma_kernel_for
+        return dma_kernel_for(device, block_keys=args.block_keys, buffers=args.buffers)
+    if args.buffers is not None:
+        raise UserError(f"--buffers is for accelerators (a device with a [dma] section); {device.name} is a GPU: "
+                        "use --stages")
+    return KernelOptions(block_keys=args.block_keys or 64, warps=args.warps, stages=args.stages, mask=args.mask)
 
 
 def simulate_handler(args: argparse.Namespace) -> int:
@@ -96,9 +108,11 @@ def simulate_kernel_handler(args: argparse.Namespace) -> int:
 
     if not 0 < args.kept_v_fraction <= 1:
         raise UserError(f"--kept-v-fraction {args.kept_v_fraction}: must be in (0, 1]")
-    r = simulate_kernel(args.hardware, args.batch, args.context, args.q_heads, args.kv_heads, args.head_dim,
+    from topθ_hw.sim.hardware import load_device
+    device = load_device(args.hardware)
+    r = simulate_kernel(device, args.batch, args.context, args.q_heads, args.kv_heads, args.head_dim,
                         args.dtype, args.kept_v_fraction, args.fetch, args.method, args.split_tokens, args.seed,
-                        kernel=kernel_options(args))
+                        kernel=kernel_options(args, device))
     if args.json:
         print(json.dumps(r, sort_keys=True))
         return 0
@@ -111,4 +125,6 @@ def simulate_kernel_handler(args: argparse.Namespace) -> int:
     print("  bytes    " + ", ".join(f"{k} {v:.2f} MB" for k, v in mb.items()) + f"; total {r['bytes_total'] / 1e6:.2f} MB")
     print(f"  flops    {r['flops'] / 1e9:.3f} GFLOP   energy {r['energy_j'] * 1e3:.3f} mJ   "
           f"bandwidth utilisation {r['utilisation']:.1%}")
+    if "validation" in r:  # accelerators (sim/dma.py): which kernel, why slow, how trustworthy
+        print(f"  status   {r['validation']}" + (f"\n  slow     {r['cause']}" if r["cause"] else ""))
     return 0

@@ -100,7 +100,17 @@ class Energy:
     vector_pJ_per_flop: float = _spec("positive", "vector-unit energy per FLOP")
 
 
+@dataclass(frozen=True)
+class Dma:
+    """Optional: a device whose kernels stream DMA blocks into a scratchpad (TPU, NPU) runs the
+    DMA-pipelined model (dma.py) instead of the GPU tile loop."""
+    descriptor_issue_ns: float = _spec("positive", "time one DMA descriptor (one contiguous run) takes to issue")
+    queues_per_unit: int = _spec("count", "descriptor queues a unit issues into in parallel")
+    vector_tile_rows: int = _spec("count", "rows (sublanes) of the vector unit's register tile; fewer rows are padded")
+
+
 SECTIONS = {"compute": Compute, "memory": Memory, "kernel": Kernel, "energy": Energy}
+OPTIONAL_SECTIONS = {"dma": Dma}
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,7 @@ class Device:
     energy: Energy
     build: Build       # the split-KV GPU kernel family's constants for this architecture
     sources: dict      # "section.key" -> source text ("build.key": the family file's)
+    dma: "Dma | None" = None  # present: DMA-pipelined execution (dma.py)
 
     @property
     def stream_bandwidth_Bps(self) -> float:
@@ -168,21 +179,27 @@ def _device_from_dict(raw: dict, path: Path) -> Device:
     references = raw.get("references", {})
     if not isinstance(references, dict):
         raise UserError(f"{path}: field 'references' must be a table of name = \"citation\"")
-    unknown = set(raw) - {"name", "description", "architecture", "references", *SECTIONS}
+    unknown = set(raw) - {"name", "description", "references", "architecture", *SECTIONS, *OPTIONAL_SECTIONS}
     if unknown:
-        raise UserError(f"{path}: unknown top-level field(s) {sorted(unknown)}; "
-                        f"expected name, description, architecture, references, {', '.join(SECTIONS)}")
+        raise UserError(f"{path}: unknown top-level field(s) {sorted(unknown)}; expected name, description, "
+                        f"architecture, references, {', '.join([*SECTIONS, *OPTIONAL_SECTIONS])}")
+    architecture = raw["architecture"]
     sections, sources = {}, {}
     for section, cls in SECTIONS.items():
         table = raw.get(section)
         if not isinstance(table, dict):
             raise UserError(f"{path}: section [{section}] missing")
         sections[section] = _section(cls, table, section, path, references, sources)
+    for section, cls in OPTIONAL_SECTIONS.items():
+        if section in raw:
+            if not isinstance(raw[section], dict):
+                raise UserError(f"{path}: [{section}] must be a table")
+            sections[section] = _section(cls, raw[section], section, path, references, sources)
     from topθ_hw.sim.kernel_family import GPU_FAMILY, load_build
-    build, build_sources = load_build(GPU_FAMILY, raw["architecture"], where=f"{path}: field 'architecture'")
+    build, build_sources = load_build(GPU_FAMILY, architecture, where=f"{path}: field 'architecture'")
     sources.update({f"build.{k}": v for k, v in build_sources.items()})
     device = Device(name=raw["name"], description=raw["description"], path=str(path),
-                    architecture=raw["architecture"], build=build, sources=sources, **sections)
+                    architecture=architecture, build=build, sources=sources, **sections)
     _check_consistency(device, path)
     return device
 

@@ -56,6 +56,9 @@ def energy_j(byte_total: float, matrix_flops: float, vector_flops: float, device
 
 def simulate_call(call: AttentionCall, device: Device, kernel: KernelOptions = KernelOptions()) -> dict:
     """Simulate every pass of ``call``; one flat dict of totals (seconds, bytes, FLOPs, joules)."""
+    if device.dma is not None:  # accelerators stream DMA blocks into a scratchpad: their own model
+        from topθ_hw.sim.dma import DmaKernel, simulate_dma_call
+        return simulate_dma_call(call, device, kernel if isinstance(kernel, DmaKernel) else None)
     context_rows = int(sum(p.bytes["k"].sum() for p in call.passes) // call.shape.row_bytes)
     check_fits(call, device, context_rows)
     k = device.kernel
@@ -101,17 +104,29 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     a multiple of its tile length. The result's ``kernel`` entry names what was simulated.
     """
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    if device.dma is not None:  # accelerators: the DMA kernel family of their architecture (dma.py)
+        from topθ_hw.sim.dma_kernel import DmaKernel, dma_kernel_for
+        kernel = kernel if isinstance(kernel, DmaKernel) else dma_kernel_for(device)
+        split_tokens = _round_up(split_tokens, kernel.block_keys)  # work items are whole blocks
+        described = {"family": kernel.family, "mask": "none" if method == "dense" else "threshold",
+                     "block_keys": kernel.block_keys, "buffers": kernel.buffers, "split_tokens": split_tokens,
+                     "label": kernel.label}
+    else:
+        described = kernel_description(with_stages(kernel, head_dim * ELEMENT_BYTES[dtype],
+                                                   device.compute.sram_per_unit_KiB,
+                                                   method != "dense" and kernel.mask == "threshold"),
+                                       split_tokens, method)
     check_kernel_shape(device, kernel, batch, context, kv_heads, head_dim, dtype, split_tokens)
     call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
                            split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
     result = simulate_call(call, device, kernel)
     return {"device": device.name, "batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
-            "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result,
-            "kernel": kernel_description(with_stages(kernel, head_dim * ELEMENT_BYTES[dtype],
-                                                     device.compute.sram_per_unit_KiB,
-                                                     method != "dense" and kernel.mask == "threshold"),
-                                         split_tokens, method),
+            "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result, "kernel": described,
             "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}
+
+
+def _round_up(x: int, to: int) -> int:
+    return -(-x // to) * to
 
 
 def kernel_description(kernel: KernelOptions, split_tokens: int, method: str) -> dict:

@@ -37,7 +37,8 @@ def device_for(task: dict) -> Device:
 def device_fingerprint(device: Device) -> dict:
     """The numbers a simulation depends on (sources and paths excluded)."""
     d = dataclasses.asdict(device)
-    return {k: d[k] for k in ("architecture", "compute", "memory", "kernel", "build", "energy")}
+    dma = {"dma": d["dma"]} if d["dma"] else {}  # accelerators only
+    return {k: d[k] for k in ("architecture", "compute", "memory", "kernel", "build", "energy")} | dma
 
 
 def fetch_mode(page_size: int) -> str:
