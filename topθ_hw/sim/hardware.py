@@ -48,8 +48,6 @@ class Memory:
     hbm_capacity_GB: float = _spec("positive", "DRAM capacity")
     hbm_channels: int = _spec("count", "independent DRAM channels the address space is interleaved over")
     hbm_latency_ns: float = _spec("positive", "load-to-use DRAM latency of one request, unloaded")
-    loaded_latency_ns: float = _spec("positive", "the same latency while the channels stream loaded_bandwidth_GBps")
-    loaded_bandwidth_GBps: float = _spec("positive", "the read rate at which loaded_latency_ns was measured")
     l2_latency_ns: float = _spec("positive", "load-to-use latency of an L2 hit")
     l2_bandwidth_GBps: float = _spec("positive", "L2 read bandwidth, whole device")
     stream_efficiency_fraction: float = _spec("fraction", "achievable / peak bandwidth for long streaming reads")
@@ -263,9 +261,6 @@ def _check_consistency(d: Device, path: Path) -> None:
         (m.unit_bandwidth_GBps <= m.hbm_bandwidth_GBps, "memory.unit_bandwidth_GBps",
          "≤ memory.hbm_bandwidth_GBps"),
         (m.l2_latency_ns < m.hbm_latency_ns, "memory.l2_latency_ns", "< memory.hbm_latency_ns"),
-        (m.loaded_latency_ns >= m.hbm_latency_ns, "memory.loaded_latency_ns", "≥ memory.hbm_latency_ns"),
-        (m.loaded_bandwidth_GBps < m.hbm_bandwidth_GBps, "memory.loaded_bandwidth_GBps",
-         "< memory.hbm_bandwidth_GBps"),
         (c.vector_TFLOPS <= c.matrix_TFLOPS, "compute.vector_TFLOPS", "≤ compute.matrix_TFLOPS"),
         (c.matrix_TFLOPS * 1e12 / (c.units * c.clock_Hz) >= 1, "compute.matrix_TFLOPS",
          "≥ 1 FLOP per clock per unit at compute.clock_Hz"),

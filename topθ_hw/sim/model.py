@@ -288,33 +288,7 @@ def measured_reduce_ns(table: tuple, rows: int, splits: int) -> float:
 
 
 def simulate_pass(p: Pass, device: Device, kernel: KernelOptions = KernelOptions(), row_bytes: int = 256) -> dict:
-    """Run one kernel pass; returns its body time (launch excluded), events and per-unit records.
-
-    DRAM latency grows with the load on the channels (queueing): the pass is run at the unloaded
-    latency, and again at the latency of the utilisation that run reached (loaded_latency_ns)."""
-    first = _run_pass(p, device, kernel, row_bytes)
-    if p.name.endswith("reduce") or first["body_ns"] <= 0:
-        return first
-    nbytes = float(sum(p.bytes[k].sum() for k in BYTE_KINDS))
-    latency = loaded_latency_ns(device, nbytes / first["body_ns"])
-    if latency <= 1.02 * device.memory.hbm_latency_ns:
-        return first
-    loaded = replace(device, memory=replace(device.memory, hbm_latency_ns=latency))
-    return {**_run_pass(p, loaded, kernel, row_bytes), "loaded_latency_ns": latency}
-
-
-def loaded_latency_ns(device: Device, bytes_per_ns: float) -> float:
-    """DRAM round trip at a read rate: the unloaded latency plus a queueing term q·u/(1-u), u the
-    fraction of peak bandwidth in use, q set so that the curve passes through the device's measured
-    loaded point (memory.loaded_latency_ns at memory.loaded_bandwidth_GBps)."""
-    m = device.memory
-    u_point = min(0.99, m.loaded_bandwidth_GBps / m.hbm_bandwidth_GBps)
-    q = (m.loaded_latency_ns - m.hbm_latency_ns) * (1 - u_point) / u_point
-    u = min(0.99, bytes_per_ns / m.hbm_bandwidth_GBps)
-    return m.hbm_latency_ns + q * u / (1 - u)
-
-
-def _run_pass(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -> dict:
+    """Run one kernel pass; returns its body time (launch excluded), events and per-unit records."""
     env = simpy.Environment()
     log: list = []
     if p.name.endswith("reduce"):
