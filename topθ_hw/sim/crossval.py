@@ -153,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--predictions", help="blind predictions CSV (interpolated to the measured fractions)")
     sc.add_argument("--hardware", help="re-predict with this device file instead")
     sc.add_argument("--out", help="write the scored points (CSV) and the summary (.summary.csv)")
+    ft = sub.add_parser("fit-threshold", help="fit the threshold family's build constants on a GPU grid")
+    ft.add_argument("--measured", required=True)
+    ft.add_argument("--hardware", required=True)
+    ft.add_argument("--iterations", type=int, default=30)
     args = ap.parse_args(argv)
+    if args.command == "fit-threshold":
+        for key, value in fit_threshold_build(measured_frame(args.measured), load_device(args.hardware),
+                                              args.iterations).items():
+            print(f"{key} = {value:.4g}")
+        return 0
     if args.command == "predict":
         predict_grid(load_device(args.hardware), args.out)
         return 0
@@ -171,3 +180,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+THRESHOLD_BUILD = ("build.threshold_tile_compute_ns", "build.wide_threshold_tile_compute_ns",
+                   "build.skipped_tile_fraction")
+
+
+def fit_threshold_build(measured: pd.DataFrame, device: Device, iterations: int = 30) -> dict:
+    """Fit the threshold family's three build constants on the points at 4k and 16k contexts
+    (fractions 1.0, 0.3, 0.03): the kernel was never timed before, so they can only come from a
+    GPU run; the other contexts stay held out."""
+    from topθ_hw.sim.calibrate import nelder_mead, with_values
+    train = measured[(measured["family"] == "threshold") & (measured["kernel"] != "dense")
+                     & measured["context"].isin([4096, 16384]) & measured["target_fraction"].isin([1.0, 0.3, 0.03])]
+    points = [(GridPoint("threshold", r.kernel, r.build, int(r.batch), int(r.context), float(r.kept_v_fraction)),
+               float(r.time_s)) for r in train.itertuples()]
+    x0 = np.array([getattr(device.build, k.split(".")[1]) for k in THRESHOLD_BUILD], dtype=float)
+
+    def loss(x):
+        if np.any(x <= 0) or x[2] > 1:
+            return 1e9
+        d = with_values(device, dict(zip(THRESHOLD_BUILD, x)))
+        return float(np.mean([np.log(predict(p, d) / t) ** 2 for p, t in points]))
+    return dict(zip(THRESHOLD_BUILD, nelder_mead(loss, x0, iterations)))
