@@ -73,8 +73,9 @@ def where_it_pays(df: pd.DataFrame) -> pd.DataFrame:
     if sparse.empty:
         return sparse
     best = sparse.loc[sparse.groupby(["device", "method", "context"])["speedup_vs_dense"].idxmax()]
+    extra = [c for c in ("kernel_label", "validation") if c in best.columns]  # studies made before they existed
     return best[["device", "method", "context", "k", "batch", "page_size", "kept_v_fraction", "kept_source",
-                 "time_s", "speedup_vs_dense", "speedup_vs_topk"]].reset_index(drop=True)
+                 "time_s", "speedup_vs_dense", "speedup_vs_topk", *extra]].reset_index(drop=True)
 
 
 def summary_lines(inputs: Inputs) -> list[str]:
@@ -105,5 +106,7 @@ def _study_summary(df: pd.DataFrame) -> list[str]:
         lines.append(f"simulated: {best['method']} on {best['device']} at context {int(best['context'])}: "
                      f"{best['speedup_vs_dense']:.2f}× vs dense{vs_topk} at best (k = {int(best['k'])}, batch "
                      f"{int(best['batch'])}, page {int(best['page_size'])}, datasheet bandwidth; kept fraction "
-                     f"{best['kept_v_fraction']:.3f}, {best['kept_source']})")
+                     f"{best['kept_v_fraction']:.3f}, {best['kept_source']}"
+                     + (f"; kernel: {best['kernel_label']}" if "kernel_label" in best else "")
+                     + (f"; {best['validation']}" if "validation" in best else "") + ")")
     return lines

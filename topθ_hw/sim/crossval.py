@@ -178,9 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 THRESHOLD_BUILD = ("build.threshold_tile_compute_ns", "build.wide_threshold_tile_compute_ns",
                    "build.skipped_tile_fraction")
@@ -203,3 +200,7 @@ def fit_threshold_build(measured: pd.DataFrame, device: Device, iterations: int 
         d = with_values(device, dict(zip(THRESHOLD_BUILD, x)))
         return float(np.mean([np.log(predict(p, d) / t) ** 2 for p, t in points]))
     return dict(zip(THRESHOLD_BUILD, nelder_mead(loss, x0, iterations)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -120,9 +120,20 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
                            split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
     result = simulate_call(call, device, kernel)
+    result.setdefault("validation", validation_status(device))
     return {"device": device.name, "batch": batch, "context": context, "q_heads": q_heads, "kv_heads": kv_heads,
             "head_dim": head_dim, "dtype": dtype, "split_tokens": split_tokens, **result, "kernel": described,
             "bytes": {k: result[f"bytes_{k}"] for k in BYTE_KINDS}}
+
+
+VALIDATED_ARCHITECTURES = {"hopper": "validated: H100 and H200 decode-attention timings (sims/validation/README.md)"}
+
+
+def validation_status(device: Device) -> str:
+    """How far a GPU's simulated numbers are checked against real timings (accelerators: dma.py)."""
+    return VALIDATED_ARCHITECTURES.get(device.architecture,
+                                       f"unvalidated: no {device.name} timing; kernel constants of "
+                                       f"architecture {device.architecture!r} are assumed (sims/kernels/)")
 
 
 def _round_up(x: int, to: int) -> int:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device
+from topθ_hw.sim.tiles import KernelOptions
 from topθ_hw.sim.simulate import simulate_call, utilisation
 from topθ_hw.sim.alternatives import ALTERNATIVES, alternative_prefill_call, decode_call as alternative_decode_call
 from topθ_hw.sim.workload import (BYTE_KINDS, METHODS, DecodeStream, Shape, decode_call, prefill_call)
@@ -41,12 +42,22 @@ def method_from_meta(meta: dict) -> str:
 
 
 def sim_results_meta(device: Device, stats_meta: dict, stats_path, fetch: str = "row", split_tokens: int = 512,
-                     batch_sequences: bool = False) -> dict:
+                     batch_sequences: bool = False, kernel: KernelOptions = KernelOptions()) -> dict:
     """Metadata of a 'sim-results' table: which device, statistics and kernel options made it."""
     return {"kind": "sim-results", "device": device.name, "device_file": device.path,
             "method": method_from_meta(stats_meta), "fetch": fetch, "split_tokens": split_tokens,
             "batch_sequences": batch_sequences, "stats": str(stats_path),
-            "model_id": stats_meta.get("model_id"), "params": stats_meta.get("params"), "time_unit": "s"}
+            "model_id": stats_meta.get("model_id"), "params": stats_meta.get("params"), "time_unit": "s",
+            "kernel": kernel_label(device, kernel, split_tokens)}
+
+
+def kernel_label(device: Device, kernel: KernelOptions, split_tokens: int) -> str:
+    """Which decode kernel the simulated numbers assume, in words."""
+    if device.dma is not None:
+        from topθ_hw.sim.dma_kernel import dma_kernel_for
+        return dma_kernel_for(device).label
+    from topθ_hw.sim.simulate import kernel_description
+    return kernel_description(kernel, split_tokens, "toptheta")["label"]
 
 
 def group_rows(df: pd.DataFrame, shape: Shape) -> pd.DataFrame:
@@ -118,13 +129,15 @@ def workload_from_stats(df: pd.DataFrame, meta: dict, fetch: str = "row", split_
 
 
 def simulate_stats(df: pd.DataFrame, meta: dict, device: Device, fetch: str = "row", split_tokens: int = 512,
-                   batch_sequences: bool = False, progress: bool = False) -> pd.DataFrame:
-    """Per-layer rows (scope 'layer') and whole-model step totals (scope 'step', layer -1)."""
+                   batch_sequences: bool = False, progress: bool = False,
+                   kernel: KernelOptions = KernelOptions()) -> pd.DataFrame:
+    """Per-layer rows (scope 'layer') and whole-model step totals (scope 'step', layer -1), with the
+    decode kernel ``kernel`` describes (default: the fused threshold kernel, 64-key tiles)."""
     from tqdm import tqdm
 
     calls = workload_from_stats(df, meta, fetch, split_tokens, device.memory.sector_bytes,
                                 device.memory.l2_MiB * 2**20, batch_sequences)
-    records = [{**key, **simulate_call(call, device)}
+    records = [{**key, **simulate_call(call, device, kernel)}
                for key, call in tqdm(calls, desc="simulate", unit="call", disable=not progress)]
     if not records:
         raise UserError("statistics hold no decode or prefill group rows to simulate")

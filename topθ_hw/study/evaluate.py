@@ -47,7 +47,7 @@ def fetch_mode(page_size: int) -> str:
 
 OUTPUTS = ("time_s", "roofline_time_s", "bytes_k", "bytes_v", "bytes_scores", "bytes_thresholds",
            "bytes_other", "bytes_total", "flops", "energy_j", "energy_hbm_j", "energy_sram_j",
-           "energy_compute_j", "utilisation", "launches", "events", "kernel_label")
+           "energy_compute_j", "utilisation", "launches", "events", "kernel_label", "validation")
 
 
 def evaluate_point(task: dict) -> dict:
