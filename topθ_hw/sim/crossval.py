@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     ft = sub.add_parser("fit-threshold", help="fit the threshold family's build constants on a GPU grid")
     ft.add_argument("--measured", required=True)
     ft.add_argument("--hardware", required=True)
-    ft.add_argument("--iterations", type=int, default=30)
+    ft.add_argument("--rounds", type=int, default=2, help="coordinate-descent rounds over the three constants")
     args = ap.parse_args(argv)
     if args.command == "fit-threshold":
         for key, value in fit_threshold_build(measured_frame(args.measured), load_device(args.hardware),
-                                              args.iterations).items():
+                                              args.rounds).items():
             print(f"{key} = {value:.4g}")
         return 0
     if args.command == "predict":
@@ -179,28 +179,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-THRESHOLD_BUILD = ("build.threshold_tile_compute_ns", "build.wide_threshold_tile_compute_ns",
-                   "build.skipped_tile_fraction")
+THRESHOLD_BUILD = {  # constant -> (the grid points that decide it: build, fetches; search range)
+    "build.threshold_tile_compute_ns": ("b64w4s3", ("row",), (600.0, 2400.0)),
+    "build.threshold_page_union_ns": ("b64w4s3", ("page16", "page64"), (0.0, 600.0)),
+    "build.skipped_tile_fraction": ("b64w4s3", ("page16", "page64"), (0.2, 1.0)),
+    "build.wide_threshold_tile_compute_ns": ("b128w8s2", ("row", "page16", "page64"), (1000.0, 4500.0)),
+}
 
 
-def fit_threshold_build(measured: pd.DataFrame, device: Device, iterations: int = 30) -> dict:
-    """Fit the threshold family's three build constants on the points at 4k and 16k contexts
-    (fractions 1.0, 0.3, 0.03): the kernel was never timed before, so they can only come from a
-    GPU run; the other contexts stay held out."""
-    from topθ_hw.sim.calibrate import nelder_mead, with_values
+def fit_threshold_build(measured: pd.DataFrame, device: Device, rounds: int = 2) -> dict:
+    """Fit the threshold family's four build constants on the grid's 4k and 16k contexts (batch
+    16 and 64; kept fractions 1.0, 0.3, 0.03): the kernel was never timed before this GPU run, so
+    they can only come from it. Coordinate descent, a golden-section search per constant on the
+    squared log error of the points of its tile length; the other contexts stay held out."""
+    from topθ_hw.sim.calibrate import with_values
     train = measured[(measured["family"] == "threshold") & (measured["kernel"] != "dense")
-                     & measured["context"].isin([4096, 16384]) & measured["target_fraction"].isin([1.0, 0.3, 0.03])]
-    points = [(GridPoint("threshold", r.kernel, r.build, int(r.batch), int(r.context), float(r.kept_v_fraction)),
-               float(r.time_s)) for r in train.itertuples()]
-    x0 = np.array([getattr(device.build, k.split(".")[1]) for k in THRESHOLD_BUILD], dtype=float)
+                     & measured["context"].isin([4096, 16384]) & measured["batch"].isin([16, 64])
+                     & measured["target_fraction"].isin([1.0, 0.3, 0.03])]
+    values = {k: getattr(device.build, k.split(".")[1]) for k in THRESHOLD_BUILD}
+    for _ in range(rounds):
+        for key, (build, fetches, (lo, hi)) in THRESHOLD_BUILD.items():
+            rows = train[(train["build"] == build) & train["kernel"].isin(fetches)]
+            points = [(GridPoint("threshold", r.kernel, r.build, int(r.batch), int(r.context),
+                                 float(r.kept_v_fraction)), float(r.time_s)) for r in rows.itertuples()]
 
-    def loss(x):
-        if np.any(x <= 0) or x[2] > 1:
-            return 1e9
-        d = with_values(device, dict(zip(THRESHOLD_BUILD, x)))
-        return float(np.mean([np.log(predict(p, d) / t) ** 2 for p, t in points]))
-    return dict(zip(THRESHOLD_BUILD, nelder_mead(loss, x0, iterations)))
+            def loss(x, key=key, points=points):
+                d = with_values(device, {**values, key: x})
+                return float(np.mean([np.log(predict(p, d) / t) ** 2 for p, t in points]))
+            values[key] = golden_section(loss, lo, hi)
+    return values
 
+
+def golden_section(f, lo: float, hi: float, tolerance: float = 0.01) -> float:
+    """Minimum of a unimodal f on [lo, hi], to ``tolerance`` of the interval."""
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tolerance * (hi - lo):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    return (a + b) / 2
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -88,6 +88,8 @@ class Build:
     wide_threshold_tile_compute_ns: float = _spec("positive", "the same at 128-key tiles, 8 warps")
     skipped_tile_fraction: float = _spec("fraction", "compute of a threshold tile with no needed V row, "
                                                      "as a fraction of one that reads V")
+    threshold_page_union_ns: float = _spec("nonnegative", "threshold kernel fetching whole pages: further compute "
+                                                          "per 64 keys of the any-over-the-page reduction")
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ def item_arrays(p: Pass, device: Device, kernel: KernelOptions) -> dict:
 
 
 def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_rows: int,
-                    flops_per_tile: float, vector_flops_per_tile: float, row_mask: bool) -> tuple[float, float]:
+                    flops_per_tile: float, vector_flops_per_tile: float, row_mask: bool,
+                    paged: bool = False) -> tuple[float, float]:
     """(compute per tile alone on an SM, extra latency per tile): the kernel build's per-tile time
     (64-key or 128-key tiles; 256-key tiles as two 128-key ones), plus the matrix work beyond the
     decode reference (16 padded rows) when there is more."""
@@ -187,6 +188,8 @@ def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_row
             "precomputed": (k.masked_tile_compute_ns, k.wide_masked_tile_compute_ns),
             "threshold": (k.threshold_tile_compute_ns, k.wide_threshold_tile_compute_ns)}[mask][wide]
     base *= max(1, kernel.block_keys // (2 * TILE)) if wide else 1
+    if mask == "threshold" and paged:
+        base += k.threshold_page_union_ns * kernel.block_keys / TILE
     extra = (k.wide_row_mask_latency_ns if wide else k.row_mask_latency_ns) if row_mask else 0.0
     rows = 64 if kernel.style == "fa2" else max(c.matrix_min_rows, matrix_rows)
     pad = math.ceil(rows / c.matrix_min_rows) * c.matrix_min_rows / max(1, matrix_rows)
@@ -237,7 +240,7 @@ def unit_plans(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -
 def plan_for(key, base: TileWork, device, kernel, p: Pass, slots: int, u: UnitParams) -> UnitPlan:
     n, channel, k, v, tiles, v_tiles, flops, vflops = key
     compute, extra = tile_compute_ns(device, kernel, base.mask, p.matrix_rows, flops / n, vflops / n,
-                                     base.mask == "precomputed" and p.fetch_tokens == 1)
+                                     base.mask == "precomputed" and p.fetch_tokens == 1, p.fetch_tokens > 1)
     w = replace(base, tiles=tiles / n, k_bytes=k / max(tiles, 1),
                 v_bytes=v / v_tiles if v_tiles > 0 else 0.0, v_fraction=v_tiles / max(tiles, 1),
                 compute_ns=compute, extra_latency_ns=extra,
