@@ -224,6 +224,17 @@ def reference_prefill(q, k, v, theta=None):
     return p @ v64, keep
 
 
+def near_threshold(q, k, theta, rel=2e-5):
+    """Causal scores within float32 accumulation error of θ (|q·k - θ·sqrt(d)| <= rel · |q| |k|): the
+    elements a float32 kernel and a float64 reference may legitimately decide differently."""
+    D, G = q.shape[-1], q.shape[1] // k.shape[1]
+    q64, k64 = q.double(), k.double().repeat_interleave(G, 1)
+    gap = (q64 @ k64.transpose(-1, -2) - theta_in_qk_units(theta, D).double()[..., None]).abs()
+    scale = q64.norm(dim=-1)[..., None] * k64.norm(dim=-1)[..., None, :]
+    causal = torch.ones(gap.shape[-1], gap.shape[-1], dtype=torch.bool, device=q.device).tril()
+    return int(((gap <= rel * scale) & causal).sum())
+
+
 def check_prefill(name, got, ref, tol=2e-2):
     """Relative L2 error of a kernel output against the float64 reference; raises above ``tol``."""
     got = got.double()
