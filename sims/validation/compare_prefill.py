@@ -1,12 +1,17 @@
 """Predict measured prefill timings with the simulator's prefill model and write the comparison.
 
     PYTHONPATH=. .venv/bin/python sims/validation/compare_prefill.py --measured DIR [--hardware h200]
+    PYTHONPATH=. .venv/bin/python sims/validation/compare_prefill.py --blind FILE   # before any timing
 
 DIR holds prefill_bench.py's prefill_attention.csv and prefill_occupancy.npz. Every row is
 predicted from the tile occupancy the kernel itself counted (topθ_hw/sim/prefill.py): the dense
 and SDPA rows as the dense tiled kernel, the threshold rows as the tile-skipping Top-θ kernel.
 Writes DIR/prefill_comparison.csv and prints it as a markdown table. The speedups compare each
 threshold row with the dense Triton kernel at the same BLOCK_M, measured and predicted.
+
+--blind predicts prefill_bench.py's default grid from occupancy known without a GPU: the planted
+clustered patterns (prefill_inputs.clustered_patterns, same seed) and, for scattered masks, every
+causal tile non-empty (a 64 × 64 tile keeps nothing with probability (1 - f)^2080 or less).
 """
 import argparse
 import sys
@@ -14,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import load_device
@@ -65,6 +72,29 @@ def compare(measured: pd.DataFrame, occupancy, device) -> pd.DataFrame:
     return table
 
 
+def blind_predictions(device, batches=(1, 2, 4), contexts=(4096, 8192, 16384), fractions=(0.5, 0.2, 0.1, 0.05),
+                      seed=2026, shape=Shape(32, 8, 128, "bf16")) -> pd.DataFrame:
+    """Predicted dense and tile-skipping times for the benchmark grid, before anything is timed."""
+    from prefill_inputs import TILE, clustered_codes, clustered_patterns
+    rows = []
+    for T in contexts:
+        n = T // TILE
+        for B in batches:
+            dense = predict_time(device, shape, T, B)
+            full = np.broadcast_to(np.arange(1, n + 1), (B, shape.kv_heads, n))
+            points = [("dense", 1.0, full)] + [("scattered", f, full) for f in fractions] + [
+                ("clustered", f, clustered_patterns(B, shape.kv_heads, n, f, clustered_codes(shape.head_dim), seed)[0]
+                 .sum(axis=-1)) for f in fractions]
+            rows.append({"kernel": "dense", "batch": B, "context": T, "pattern": "dense", "target_fraction": 1.0,
+                         "nonempty_tile_fraction": 1.0, "predicted_s": dense, "speedup_predicted": 1.0})
+            for pattern, f, occ in points:
+                t = predict_time(device, shape, T, B, occ)
+                rows.append({"kernel": "threshold", "batch": B, "context": T, "pattern": pattern, "target_fraction": f,
+                             "nonempty_tile_fraction": occ.sum() / full.sum(), "predicted_s": t,
+                             "speedup_predicted": dense / t})
+    return pd.DataFrame(rows)
+
+
 def markdown(table: pd.DataFrame) -> str:
     cols = ["kernel", "block_m", "batch", "context", "pattern", "target_fraction", "kept_fraction",
             "nonempty_tile_fraction", "time_s", "predicted_s", "error", "speedup_measured", "speedup_predicted"]
@@ -78,10 +108,20 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measured", type=Path, required=True, help="folder with prefill_attention.csv and prefill_occupancy.npz")
+    p.add_argument("--measured", type=Path, help="folder with prefill_attention.csv and prefill_occupancy.npz")
+    p.add_argument("--blind", type=Path, help="write predictions for prefill_bench.py's default grid to this CSV")
     p.add_argument("--hardware", default="h200", help="device name or TOML path (default h200)")
     p.add_argument("--out", type=Path, help="comparison CSV (default MEASURED/prefill_comparison.csv)")
     args = p.parse_args(argv)
+    if args.blind:
+        table = blind_predictions(load_device(args.hardware))
+        tmp = args.blind.with_suffix(".tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(args.blind)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return 0
+    if args.measured is None:
+        p.error("--measured or --blind is required")
     try:
         csv_path, npz_path = args.measured / "prefill_attention.csv", args.measured / "prefill_occupancy.npz"
         for path in (csv_path, npz_path):

@@ -24,6 +24,11 @@ WINDOW_TILES = 2     # diagonal tile and the one before it
 NOISE_BOUND = 0.1    # per-dimension noise amplitude in the clustered features
 
 
+def clustered_codes(head_dim):
+    """One-hot code dimensions: what is left of d after 3 feature dims and 29 noise dims."""
+    return head_dim - 3 - 29
+
+
 def _noise(shape, gen, device):
     return (torch.rand(shape, generator=gen, device=device) * 2 - 1) * NOISE_BOUND
 
@@ -47,35 +52,40 @@ def clustered_tiles(n_tiles, fraction, n_codes, rng):
     return pattern, code_of, chosen
 
 
+def clustered_patterns(batch, kv_heads, n_tiles, fraction, n_codes, seed):
+    """clustered_tiles for every (batch item, KV head), seeded: patterns [B, H_kv, n, n], codes [B, H_kv, n],
+    chosen codes [B, H_kv, n, n_codes]. NumPy only, so the occupancy is known before any GPU run."""
+    rng = np.random.default_rng(seed)
+    made = [clustered_tiles(n_tiles, fraction, n_codes, rng) for _ in range(batch * kv_heads)]
+    return tuple(np.stack([m[i] for m in made]).reshape(batch, kv_heads, *made[0][i].shape) for i in range(3))
+
+
 def clustered_inputs(batch, q_heads, kv_heads, context, head_dim, fraction, seed, device, dtype=torch.bfloat16):
     """q [B, H_q, T, d], k [B, H_kv, T, d], theta [B, H_q, T] and the intended tile pattern
     [B, H_kv, T/64, T/64] (bool, numpy)."""
-    n_tiles = context // TILE
-    n_codes = head_dim - 3 - 29
+    n_tiles, n_codes = context // TILE, clustered_codes(head_dim)
     if context % TILE or n_tiles > 256 or n_codes < 1:
         raise ValueError(f"clustered inputs need context a multiple of 64 up to 16384 and head_dim >= 33, "
                          f"got context {context}, head_dim {head_dim}")
-    rng = np.random.default_rng(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     G = q_heads // kv_heads
     tile_of = torch.arange(context, device=device) // TILE
     q = _noise((batch, q_heads, context, head_dim), gen, device)
     k = _noise((batch, kv_heads, context, head_dim), gen, device)
-    patterns = np.zeros((batch, kv_heads, n_tiles, n_tiles), dtype=bool)
+    patterns, code_of, chosen = clustered_patterns(batch, kv_heads, n_tiles, fraction, n_codes, seed)
     for b in range(batch):
         for g in range(kv_heads):
-            patterns[b, g], code_of, chosen = clustered_tiles(n_tiles, fraction, n_codes, rng)
             heads = slice(g * G, (g + 1) * G)
             k[b, g, :, 0] = tile_of.float()
             k[b, g, :, 1] = 1.0
             k[b, g, :, 2] = (tile_of == 0).float()
             k[b, g, :, 3:3 + n_codes] = 0.0
-            k[b, g, torch.arange(context, device=device), 3 + torch.as_tensor(code_of, device=device)[tile_of]] = 1.0
+            codes = torch.as_tensor(code_of[b, g], device=device)[tile_of]
+            k[b, g, torch.arange(context, device=device), 3 + codes] = 1.0
             q[b, heads, :, 0] = 1.0
             q[b, heads, :, 1] = -tile_of.float()
             q[b, heads, :, 2] = SINK_SCORE
-            codes = torch.as_tensor(chosen, device=device, dtype=torch.float32)[tile_of] * SINK_SCORE
-            q[b, heads, :, 3:3 + n_codes] = codes
+            q[b, heads, :, 3:3 + n_codes] = torch.as_tensor(chosen[b, g], device=device, dtype=torch.float32)[tile_of] * SINK_SCORE
     theta = torch.full((batch, q_heads, context), (0.5 - WINDOW_TILES) / head_dim ** 0.5, device=device)
     return q.to(dtype), k.to(dtype), theta, patterns
 
