@@ -4,6 +4,7 @@ kernel dense, and the same kernel with Top-θ's in-kernel threshold skipping emp
     python3 sims/validation/prefill_bench.py --out DIR            # full sweep (one H200, ~3 min)
     python3 sims/validation/prefill_bench.py --out DIR --quick    # smoke test on a GPU
     TRITON_INTERPRET=1 python3 sims/validation/prefill_bench.py --cpu-check   # kernels on CPU
+    python3 sims/validation/prefill_bench.py --ptxas     # registers / spills for sm_90a, no GPU needed
 
 Writes DIR/prefill_attention.csv (one row per kernel and configuration), DIR/prefill_occupancy.npz
 (per configuration: 64 × 64 tile occupancy per (batch item, KV head, query tile), what the
@@ -160,11 +161,39 @@ def cpu_check():
     print(json.dumps(log, indent=1))
 
 
+def ptxas_report():
+    """Compile every timed variant for sm_90a without a GPU and print ptxas's registers and spills."""
+    import re
+    import subprocess
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from prefill_kernels import _prefill_fwd
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Theta": "*fp32", "Out": "*bf16", "Counts": "*i32", "Occ": "*i8"}
+    ints = ["n_ctx", "H_q", "n_m_tiles", "n_n_tiles"] + [f"stride_{a}{b}" for a in "qk" for b in ("b", "h", "t")]
+    signature = {**pointers, "qk_scale": "fp32", **{n: "i32" for n in ints}}
+    for block_m, threshold, count in ((64, False, False), (128, False, False), (64, True, False), (128, True, False),
+                                      (64, True, True)):
+        consts = {"G": 4, "D": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": 64, "THRESHOLD": threshold, "COUNT": count}
+        src = ASTSource(fn=_prefill_fwd, signature={**signature, **{k: "constexpr" for k in consts}}, constexprs=consts)
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": 8 if block_m == 128 else 4, "num_stages": 3})
+        ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"prefill_{block_m}_{threshold}_{count}.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull], capture_output=True,
+                             text=True).stderr
+        regs, spill = re.search(r"Used (\d+) registers", log).group(1), re.search(r"(\d+) bytes spill stores", log).group(1)
+        print(f"BLOCK_M {block_m:3d} threshold {threshold!s:5} count {count!s:5}: {regs} registers, {spill} B spill "
+              f"stores, {compiled.metadata.shared} B shared", flush=True)
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="folder for the CSV, occupancy and provenance files")
     p.add_argument("--quick", action="store_true", help="smoke test: batch 1, context 4096, two fractions")
     p.add_argument("--cpu-check", action="store_true", help="check the kernels on CPU (TRITON_INTERPRET=1)")
+    p.add_argument("--ptxas", action="store_true", help="compile for sm_90a (no GPU needed), print registers/spills")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--contexts", type=int, nargs="+", default=[4096, 8192, 16384])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.2, 0.1, 0.05])
@@ -173,7 +202,7 @@ def parse_args():
     args = p.parse_args()
     if args.quick:
         args.batches, args.contexts, args.fractions, args.repeats = [1], [4096], [0.2, 0.05], 5
-    if not args.cpu_check and args.out is None:
+    if not (args.cpu_check or args.ptxas) and args.out is None:
         p.error("--out is required")
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
@@ -188,6 +217,9 @@ def main():
     args = parse_args()
     if args.cpu_check:
         cpu_check()
+        return 0
+    if args.ptxas:
+        ptxas_report()
         return 0
     from decode_kernels import write_csv, write_json
     from microbench import Timer
