@@ -45,7 +45,7 @@ def predict_rows(measured: pd.DataFrame, occupancy, device) -> pd.Series:
     cache, out = {}, []
     for row in measured.itertuples():
         shape = Shape(int(row.q_heads), int(row.kv_heads), int(row.head_dim), str(row.dtype))
-        dense = row.kernel in ("sdpa", "dense") or row.pattern == "dense"
+        dense = row.kernel == "dense" or row.kernel.startswith("sdpa")
         key = "dense" if dense else occupancy_key(row)
         if (key, row.batch, row.context) not in cache:
             if not dense and f"{key}/kv_tiles_nonempty" not in occupancy:
@@ -68,7 +68,7 @@ def compare(measured: pd.DataFrame, occupancy, device) -> pd.DataFrame:
     ref = table.set_index(["batch", "context", "block_m"]).index
     table["speedup_measured"] = dense.time_s.reindex(ref).to_numpy() / table.time_s.to_numpy()
     table["speedup_predicted"] = dense.predicted_s.reindex(ref).to_numpy() / table.predicted_s.to_numpy()
-    table.loc[table.kernel == "sdpa", ["speedup_measured", "speedup_predicted"]] = np.nan
+    table.loc[table.kernel.str.startswith("sdpa"), ["speedup_measured", "speedup_predicted"]] = np.nan
     return table
 
 
