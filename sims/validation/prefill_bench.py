@@ -108,47 +108,58 @@ def timed(timer, fn, repeats):
 
 
 def shape_rows(meta, args, timer, occ_store, log, device="cuda", dtype=torch.bfloat16):
-    """All kernels and patterns at one (batch, context)."""
-    B, T = meta["batch"], meta["context"]
-    shape = (B, meta["q_heads"], meta["kv_heads"], T, meta["head_dim"])
-    rows = []
-    dense_flops = 4.0 * B * meta["q_heads"] * meta["head_dim"] * T * (T + 1) / 2
-    q, k, v, theta, _ = make_inputs("dense", *shape, 1.0, args.seed, device, dtype)
-    base = prefill_attention(q, k, v, block_m=128)
-    row = lambda kernel, bm, pattern, f, s, extra: {**meta, "kernel": kernel, "block_m": bm, "pattern": pattern,
-                                                   "target_fraction": f, **extra, **s,
-                                                   "dense_tflops": dense_flops / s["time_s"] / 1e12}
-    rel = check_prefill("sdpa vs triton", sdpa(q, k, v), base.double())
-    rows.append(row(f"sdpa_{SDPA_BACKEND[0].split('_')[0].lower()}", 0, "dense", 1.0, timed(timer, lambda: sdpa(q, k, v), args.repeats),
-                    {"kept_fraction": 1.0, "nonempty_tile_fraction": 1.0, "kernel_block_fraction": 1.0,
-                     "empty_rows": 0, "check_rel_err": rel}))
-    for bm in BLOCKS:
-        rows.append(row("dense", bm, "dense", 1.0, timed(timer, prefill_launcher(q, k, v, block_m=bm)[0], args.repeats),
-                        {"kept_fraction": 1.0, "nonempty_tile_fraction": 1.0, "kernel_block_fraction": 1.0,
-                         "empty_rows": 0, "check_rel_err": 0.0}))
-    del q, k, v, theta
-    points = [("dense", 1.0)] + [(p, f) for p in ("clustered", "scattered") for f in args.fractions]
-    for pattern, fraction in points:
-        q, k, v, theta, tiles = make_inputs(pattern, *shape, fraction, args.seed, device, dtype)
-        occ = occupancy(q, k, v, theta, tiles)
-        key = f"B{B}_T{T}_{pattern}_f{fraction}"
-        occ_store.update({f"{key}/{name}": occ[name] for name in ("kv_tiles_total", "kv_tiles_nonempty", "kept_v_rows")})
-        rel = check_prefill(f"{key}: threshold kernel with θ = -inf vs dense", prefill_attention(q, k, v, theta),
-                            prefill_attention(q, k, v).double(), tol=1e-2) if pattern == "dense" else None
-        if rel is None:  # the two tilings must agree (and be finite) where no reference fits in memory
-            rel = check_prefill(f"{key}: threshold kernel BLOCK_M 64 vs 128", prefill_attention(q, k, v, theta, block_m=64),
-                                prefill_attention(q, k, v, theta, block_m=128).double())
-        for bm in BLOCKS:
-            s = timed(timer, prefill_launcher(q, k, v, theta, block_m=bm)[0], args.repeats)
-            rows.append(row("threshold", bm, pattern, fraction, s,
-                            {"kept_fraction": occ["kept_fraction"], "nonempty_tile_fraction": occ["nonempty_tile_fraction"],
-                             "kernel_block_fraction": occ[f"block{bm}_fraction"],
-                             "empty_rows": occ["empty_rows"], "check_rel_err": rel}))
-        del q, k, v, theta
-        log[key] = {k_: v_ for k_, v_ in occ.items() if not isinstance(v_, np.ndarray)}
+    """All kernels and patterns at one (batch, context): SDPA and dense Triton, then the threshold kernel
+    on each mask pattern and kept fraction."""
+    dense_flops = 4.0 * meta["batch"] * meta["q_heads"] * meta["head_dim"] * meta["context"] * (meta["context"] + 1) / 2
+
+    def row(kernel, block_m, pattern, fraction, stats, counters):
+        return {**meta, "kernel": kernel, "block_m": block_m, "pattern": pattern, "target_fraction": fraction,
+                **counters, **stats, "dense_tflops": dense_flops / stats["time_s"] / 1e12}
+
+    rows = dense_rows(meta, args, timer, row, device, dtype)
+    for pattern, fraction in [("dense", 1.0)] + [(p, f) for p in ("clustered", "scattered") for f in args.fractions]:
+        rows += threshold_rows(meta, args, timer, row, pattern, fraction, occ_store, log, device, dtype)
     if device == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def input_shape(meta):
+    return meta["batch"], meta["q_heads"], meta["kv_heads"], meta["context"], meta["head_dim"]
+
+
+def dense_rows(meta, args, timer, row, device, dtype):
+    """SDPA (checked against the dense Triton kernel) and the dense Triton kernel at both block sizes."""
+    q, k, v, _, _ = make_inputs("dense", *input_shape(meta), 1.0, args.seed, device, dtype)
+    every = {"kept_fraction": 1.0, "nonempty_tile_fraction": 1.0, "kernel_block_fraction": 1.0, "empty_rows": 0}
+    rel = check_prefill("sdpa vs triton", sdpa(q, k, v), prefill_attention(q, k, v).double())
+    backend = SDPA_BACKEND[0].split("_")[0].lower()
+    rows = [row(f"sdpa_{backend}", 0, "dense", 1.0, timed(timer, lambda: sdpa(q, k, v), args.repeats),
+                {**every, "check_rel_err": rel})]
+    for bm in BLOCKS:
+        stats = timed(timer, prefill_launcher(q, k, v, block_m=bm)[0], args.repeats)
+        rows.append(row("dense", bm, "dense", 1.0, stats, {**every, "check_rel_err": 0.0}))
+    return rows
+
+
+def threshold_rows(meta, args, timer, row, pattern, fraction, occ_store, log, device, dtype):
+    """The threshold kernel on one mask: its counters (recorded), a consistency check, the timings."""
+    q, k, v, theta, tiles = make_inputs(pattern, *input_shape(meta), fraction, args.seed, device, dtype)
+    occ = occupancy(q, k, v, theta, tiles)
+    key = f"B{meta['batch']}_T{meta['context']}_{pattern}_f{fraction}"
+    occ_store.update({f"{key}/{name}": occ[name] for name in ("kv_tiles_total", "kv_tiles_nonempty", "kept_v_rows")})
+    log[key] = {name: value for name, value in occ.items() if not isinstance(value, np.ndarray)}
+    if pattern == "dense":
+        rel = check_prefill(f"{key}: threshold kernel with θ = -inf vs dense", prefill_attention(q, k, v, theta),
+                            prefill_attention(q, k, v).double(), tol=1e-2)
+    else:  # the two tilings must agree (and be finite) where no float64 reference fits in memory
+        rel = check_prefill(f"{key}: threshold kernel BLOCK_M 64 vs 128", prefill_attention(q, k, v, theta, block_m=64),
+                            prefill_attention(q, k, v, theta, block_m=128).double())
+    counters = {"kept_fraction": occ["kept_fraction"], "nonempty_tile_fraction": occ["nonempty_tile_fraction"],
+                "empty_rows": occ["empty_rows"], "check_rel_err": rel}
+    return [row("threshold", bm, pattern, fraction, timed(timer, prefill_launcher(q, k, v, theta, block_m=bm)[0],
+                                                         args.repeats),
+                {**counters, "kernel_block_fraction": occ[f"block{bm}_fraction"]}) for bm in BLOCKS]
 
 
 def provenance(args):
