@@ -8,8 +8,8 @@ softmax. Off-diagonal tiles run unmasked; the tiles crossing the diagonal apply 
 Threshold (THRESHOLD=True): θ is per (batch item, query head, row) in logit units (score =
 q·k / sqrt(d)), read once per program; keep = score > θ over causal keys (θ = -inf keeps the
 whole row, as for calibrated-dense rows). Every key tile is scored (K read in full). If no
-element of the (query tile × key tile) block is kept, a scalar branch skips the V load and the
-P·V product; only the running row maximum is updated. The running maximum is over all causal
+element of the (query tile × key tile) block is kept, a scalar branch skips the V load, the
+exponentials and the P·V product; only the running row maximum is updated. The running maximum is over all causal
 scores: when a row keeps anything its maximum is kept (kept scores exceed θ, dropped ones do not),
 so it is also the kept maximum, and a row whose maximum moved in a skipped tile had kept nothing.
 
@@ -17,8 +17,9 @@ Empty rows (nothing above θ): the row keeps its maximum (ties: every element eq
 output is the V row of its best-scoring key, never uniform attention (SPEC.md). The kernel knows a
 row is empty only after its last tile; a program holding one walks its key tiles again for those
 rows, averaging V over the keys whose score equals the row maximum (behind a scalar branch:
-programs without empty rows pay nothing; it is a separate small loop so the main loop keeps its
-registers).
+programs without empty rows pay nothing). It is a small loop of its own: rerunning the main loop
+for those rows spilled more registers (ptxas: 204 B of spill stores at BLOCK_M 128 as shipped,
+`prefill_bench.py --ptxas`; 24 B without any empty-row handling).
 
 COUNT=True also writes, per program, [kept elements (score > θ), non-empty key tiles, key tiles
 scored, key columns kept by at least one row summed over tiles, empty rows] and a byte per
