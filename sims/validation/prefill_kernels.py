@@ -17,9 +17,8 @@ Empty rows (nothing above θ): the row keeps its maximum (ties: every element eq
 output is the V row of its best-scoring key, never uniform attention (SPEC.md). The kernel knows a
 row is empty only after its last tile; a program holding one walks its key tiles again for those
 rows, averaging V over the keys whose score equals the row maximum (behind a scalar branch:
-programs without empty rows pay nothing). It is a small loop of its own: rerunning the main loop
-for those rows spilled more registers (ptxas: 204 B of spill stores at BLOCK_M 128 as shipped,
-`prefill_bench.py --ptxas`; 24 B without any empty-row handling).
+programs without empty rows pay nothing). Registers and shared memory of every variant:
+`prefill_bench.py --ptxas` (no variant spills).
 
 COUNT=True also writes, per program, [kept elements (score > θ), non-empty key tiles, key tiles
 scored, key columns kept by at least one row summed over tiles, empty rows] and a byte per
