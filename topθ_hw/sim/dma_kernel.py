@@ -12,13 +12,13 @@ no new family.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from topθ_hw.errors import UserError
 from topθ_hw.sim.hardware import Device, _check_source, _check_value
+from topθ_hw.sim.kernel_family import kernels_dir
 
 EXECUTION = "dma-blocks"
 DEFAULTS = {"block_keys": ("count", "key rows of one KV head per DMA block"),
@@ -50,12 +50,6 @@ class DmaKernel:
     def block_rows(self, kv_heads: int) -> int:
         """K rows of one KV head per block: the block's tokens, times the heads it spans."""
         return self.block_keys * (kv_heads if self.blocks_span_kv_heads else 1)
-
-
-def kernels_dir() -> Path:
-    """Shipped kernel families: ``$TOPTHETA_KERNELS_DIR`` or ``sims/kernels`` of the repository."""
-    env = os.environ.get("TOPTHETA_KERNELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "kernels"
 
 
 def dma_kernel_for(device: Device, block_keys: int | None = None, buffers: int | None = None) -> DmaKernel:

@@ -123,7 +123,7 @@ class Device:
     memory: Memory
     kernel: Kernel
     energy: Energy
-    build: Build       # the split-KV GPU kernel family's constants for this architecture
+    build: Build | None  # GPUs: the split-KV kernel family's constants for this architecture
     sources: dict      # "section.key" -> source text ("build.key": the family file's)
     dma: "Dma | None" = None  # present: DMA-pipelined execution (dma.py)
 
@@ -195,9 +195,11 @@ def _device_from_dict(raw: dict, path: Path) -> Device:
             if not isinstance(raw[section], dict):
                 raise UserError(f"{path}: [{section}] must be a table")
             sections[section] = _section(cls, raw[section], section, path, references, sources)
-    from topθ_hw.sim.kernel_family import GPU_FAMILY, load_build
-    build, build_sources = load_build(GPU_FAMILY, architecture, where=f"{path}: field 'architecture'")
-    sources.update({f"build.{k}": v for k, v in build_sources.items()})
+    build = None
+    if "dma" not in sections:  # GPUs: the split-KV tile family's constants for this architecture
+        from topθ_hw.sim.kernel_family import GPU_FAMILY, load_build
+        build, build_sources = load_build(GPU_FAMILY, architecture, where=f"{path}: field 'architecture'")
+        sources.update({f"build.{k}": v for k, v in build_sources.items()})
     device = Device(name=raw["name"], description=raw["description"], path=str(path),
                     architecture=architecture, build=build, sources=sources, **sections)
     _check_consistency(device, path)
