@@ -178,5 +178,6 @@ def test_the_python_api_takes_a_configured_dma_kernel():
     tpu = load_device("tpu-v5e")
     r = simulate_kernel(tpu, 1, 8192, 32, 8, 128, "bf16", 1.0, "row", "dense",
                         kernel=configure(tpu, block_keys=512, buffers=3))
-    assert r["kernel"] == "pallas-tpu (block_keys=512, buffers=3)" and r["blocks"] > 8
+    assert r["kernel"]["label"] == "pallas-tpu (block_keys=512, buffers=3)" and r["blocks"] > 8
+    assert (r["kernel"]["block_keys"], r["kernel"]["buffers"]) == (512, 3)
     assert "execution" not in simulate_kernel("h100", 1, 8192, 32, 8, 128, "bf16", 1.0, "row", "dense")
