@@ -1,0 +1,135 @@
+"""Whole-model cost per token (topθ_hw/cost): model files, capacity arithmetic, Amdahl sanity, CLI."""
+
+import json
+import shutil
+
+import pytest
+
+from topθ_hw.cli import main
+from topθ_hw.cost.capacity import MEMORY_UTILISATION, kv_bytes_per_sequence, max_batch
+from topθ_hw.cost.models import known_models, load_model
+from topθ_hw.cost.run import cost_of
+from topθ_hw.errors import UserError
+from topθ_hw.sim import load_device
+
+SHIPPED = ["gemma-3-27b", "llama-3.1-70b", "llama-3.1-8b", "mistral-7b", "qwen2.5-32b", "qwen2.5-72b",
+           "qwen2.5-7b", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"]
+
+
+def test_every_shipped_model_loads_with_a_source_per_number():
+    assert known_models() == SHIPPED
+    for name in SHIPPED:
+        m = load_model(name)
+        assert set(m.sources) == {"layers", "hidden_size", "q_heads", "kv_heads", "head_dim", "intermediate_size",
+                                  "mlp", "vocab_size", "tied_embeddings", "qkv_bias", "norms_per_layer",
+                                  "sliding_window_tokens", "full_attention_every", "max_position_embeddings"}
+
+
+def test_parameter_counts_match_the_published_ones():
+    # Meta's and Qwen's published exact counts (safetensors totals of the bf16 checkpoints)
+    assert load_model("llama-3.1-8b").parameters() == 8_030_261_248
+    assert load_model("qwen2.5-7b").parameters() == 7_615_616_512
+    assert load_model("gemma-3-27b").sliding_layers == 52  # 10 of 62 layers attend fully
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("layers = 32", "layers = 0"), "shape.layers' must be a whole number ≥ 1"),
+    (("kv_heads = 8", "kv_heads = 7"), "shape.kv_heads' inconsistent"),
+    (("mlp = \"gated\"", "mlp = \"moe\""), "shape.mlp' must be one of"),
+    (("layers = \"ref:hf_config num_hidden_layers\"", "layers = \"trust me\""), "source 'trust me' must start"),
+    (("vocab_size = 128256\n", "vocab_size = 128256\nexperts = 8\n"), "unknown field(s) ['shape.experts']"),
+])
+def test_bad_model_fields_are_named(tmp_path, edit, message):
+    text = load_model("llama-3.1-8b").path
+    bad = tmp_path / "bad.toml"
+    bad.write_text(open(text).read().replace(*edit, 1))
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_model(bad)
+
+
+def test_hf_config_json_gives_the_same_shape(tmp_path):
+    cfg = {"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "tie_word_embeddings": False,
+           "attention_bias": False, "max_position_embeddings": 131072, "rope_theta": 500000.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    a, b = load_model(tmp_path), load_model("llama-3.1-8b")
+    assert a.parameters() == b.parameters() and a.head_dim == 128 and a.sliding_layers == 0
+
+
+def test_unknown_names_list_the_shipped_ones():
+    with pytest.raises(UserError, match="known models: gemma-3-27b, llama-3.1-70b"):
+        load_model("llama-9b")
+    with pytest.raises(UserError, match="known devices: a100, b200"):
+        cost_of("llama-3.1-8b", "h201", 1, 4096)
+
+
+def test_capacity_by_hand_llama_8b_on_h200():
+    m, d = load_model("llama-3.1-8b"), load_device("h200")
+    per_seq = 32768 * 32 * 2 * 8 * 128 * 2            # tokens × layers × (K, V) × KV heads × d × bf16
+    assert kv_bytes_per_sequence(m, 32768, 1) == per_seq == 4_294_967_296
+    weights = (32 * m.layer_parameters() + 2 * 128256 * 4096 + 4096) * 2
+    assert max_batch(m, d, 32768, 1) == int((141e9 * MEMORY_UTILISATION - weights) // per_seq) == 25
+    # StreamingLLM keeping 10 % of the context fits about 10x more sequences; Top-θ keeps every row
+    assert max_batch(m, d, 32768, 1, "streaming", 0.1) >= 10 * 25
+    assert max_batch(m, d, 32768, 1, "toptheta", 0.1) == 25
+
+
+def test_a_batch_that_does_not_fit_says_bytes_needed_and_available():
+    with pytest.raises(UserError, match=r"needs 290.9 GB per device .* h200 has 126.9 GB usable"):
+        cost_of("llama-3.1-8b", "h200", 64, 32768)
+
+
+def test_attention_share_grows_with_context():
+    shares = [cost_of("llama-3.1-8b", "h200", 8, n, graphs=True)["attention_share"] for n in (2048, 8192, 32768)]
+    assert shares[0] < shares[1] < shares[2]
+
+
+def test_end_to_end_speedup_is_below_the_attention_speedup():
+    r = cost_of("llama-3.1-8b", "h200", 4, 16384, method="streaming", kept_v_fraction=0.1, graphs=True)
+    v = r["vs_dense"]
+    assert v["attention_speedup"] > 2 and 1 < v["speedup"] < v["attention_speedup"]
+
+
+def test_tensor_parallel_two_devices_are_faster_for_70b():
+    # bf16 70B (141 GB) needs two H200s; a B200 (192 GB) holds it alone
+    one = cost_of("llama-3.1-70b", "b200", 4, 8192, graphs=True)["step_time_s"]
+    two = cost_of("llama-3.1-70b", "b200", 4, 8192, tp=2, graphs=True)["step_time_s"]
+    assert two < 0.75 * one
+    with pytest.raises(UserError, match="weights 141.1 GB"):
+        cost_of("llama-3.1-70b", "h200", 4, 8192)
+
+
+def test_graphs_beat_eager_at_batch_one():
+    eager = cost_of("smollm2-135m", "h200", 1, 2048)["step_time_s"]
+    graphs = cost_of("smollm2-135m", "h200", 1, 2048, graphs=True)["step_time_s"]
+    assert graphs < 0.6 * eager
+
+
+def test_missing_price_and_power_leave_the_columns_out():
+    r = cost_of("smollm2-135m", "npu", 1, 2048)
+    assert "usd_per_million_tokens" not in r and "joules_per_token" not in r
+    assert any("no [cost] section" in n for n in r["notes"]) and any("no [power]" in n for n in r["notes"])
+    assert cost_of("smollm2-135m", "npu", 1, 2048, price_per_hour=2.0)["usd_per_million_tokens"] > 0
+
+
+KEYS = {"step_time_s", "attention_time_s", "tokens_per_s", "joules_per_token", "usd_per_million_tokens", "vs_dense",
+        "max_batch"}
+
+
+def test_cli_json_keys(capsys):
+    assert main(["cost", "--model", "llama-3.1-8b", "--hardware", "h200", "--context", "8192", "--batch", "4",
+                 "--method", "toptheta", "--kept-v-fraction", "0.2", "--graphs", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert KEYS <= set(r) and r["vs_dense"]["step_time_s_ratio"] > 0
+    assert main(["cost", "--model", "llama-3.1-8b", "--hardware", "h200", "--batch", "2", "--phase", "prefill",
+                 "--prompt-tokens", "4096", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"time_to_first_token_s", "tokens_per_s", "usd_per_million_tokens"} <= set(r)
+    assert r["time_to_first_token_s"] == r["step_time_s"]
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    assert main(["cost", "--model", "llama-3.1-8b", "--hardware", "h200", "--context", "32768",
+                 "--batch", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not fit" in err
