@@ -31,10 +31,11 @@ def one_step(config: StepConfig, price_per_hour: float | None) -> dict:
 
 def cost_of(model: str | ModelShape, hardware: str | Device, batch: int, context: int, *, tp: int = 1,
             method: str = "dense", kept_v_fraction: float | None = None, stats=None, graphs: bool = False,
-            phase: str = "decode", price_per_hour: float | None = None, exact_attention: bool = False) -> dict:
+            phase: str = "decode", price_per_hour: float | None = None, exact_attention: bool = False,
+            compare: bool = True) -> dict:
     """Whole-model cost of one configuration, with dense's at the same batch and context and each
-    output's ratio to it, and the KV-cache capacity per method. ``context``: keys in the cache
-    (decode) or prompt tokens (prefill)."""
+    output's ratio to it (``compare``), and the KV-cache capacity per method. ``context``: keys in
+    the cache (decode) or prompt tokens (prefill)."""
     model = model if isinstance(model, ModelShape) else load_model(model)
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
     check_context(model, context, "--context" if phase == "decode" else "--prompt-tokens")
@@ -45,18 +46,21 @@ def cost_of(model: str | ModelShape, hardware: str | Device, batch: int, context
         kept_v_fraction, source, stats_method = kept_from_stats(stats, context)
         method = stats_method if method == "dense" else method
     if kept_v_fraction is None:
-        kept_v_fraction = 1.0
-        source = "dense" if method == "dense" else "default 1.0"
+        if method != "dense":
+            raise UserError(f"--method {method} needs --kept-v-fraction F or --stats FILE")
+        kept_v_fraction, source = 1.0, "dense"
     config = StepConfig(model, device, batch, context, phase, tp, method, kept_v_fraction, graphs, exact_attention)
     check_config(config)
     check_fits(model, device, batch, context, tp, method, kept_v_fraction)
     result = one_step(config, price_per_hour)
+    head = {"model": model.name, "device": device.name, "phase": phase, "batch": batch, "context": context,
+            "tp": tp, "method": method, "kept_v_fraction": kept_v_fraction, "kept_source": source,
+            "graphs": graphs, **result}
+    if not compare:
+        return head
     dense = result if method == "dense" else one_step(
         StepConfig(model, device, batch, context, phase, tp, "dense", 1.0, graphs, exact_attention), price_per_hour)
-    return {"model": model.name, "device": device.name, "phase": phase, "batch": batch, "context": context,
-            "tp": tp, "method": method, "kept_v_fraction": kept_v_fraction, "kept_source": source,
-            "graphs": graphs, **result,
-            "dense": {k: dense[k] for k in ("step_time_s", "attention_time_s", "tokens_per_s",
+    return {**head, "dense": {k: dense[k] for k in ("step_time_s", "attention_time_s", "tokens_per_s",
                                             "joules_per_token", "usd_per_million_tokens") if k in dense},
             "vs_dense": ratios_to_dense(result, dense),
             "max_batch": capacity_table(model, device, context, tp, kept_v_fraction)}

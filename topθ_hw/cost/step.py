@@ -106,6 +106,9 @@ class Part:
     bytes: float
     energy_j: float
     count: int
+    call: dict | None = None   # attention: the simulated call of one layer
+
+
 
 
 def _op_part(op: Op, count: int, device: Device) -> Part:
@@ -120,8 +123,7 @@ def _attention_parts(c: StepConfig) -> list[Part]:
         r = attention_call(c, keys)
         body = r["time_s"] - attn.launch_part_s(c.device, int(r["launches"]))
         parts.append(Part(f"attention[{keys}]", "attention", body * layers, int(r["launches"]) * layers,
-                          r["bytes_total"] * layers, r["energy_j"] * layers, layers))
-        parts[-1].extrapolated = r["extrapolated"]
+                          r["bytes_total"] * layers, r["energy_j"] * layers, layers, r))
     return parts
 
 
@@ -167,5 +169,6 @@ def simulate_step(c: StepConfig) -> dict:
             "attention_share": attention / step, "kernels": sum(p.kernels for p in parts),
             "gpu_busy_s": sum(p.time_s for p in parts), "bytes_per_device": sum(p.bytes for p in parts),
             "dynamic_energy_j_per_device": sum(p.energy_j for p in parts),
-            "attention_extrapolated": any(getattr(p, "extrapolated", False) for p in parts),
+            "attention_extrapolated": any(p.call["extrapolated"] for p in parts if p.call),
+            "attention_layer": max((p for p in parts if p.call), key=lambda p: p.name).call,
             "breakdown_s": breakdown}

@@ -54,14 +54,17 @@ def evaluate_point(task: dict) -> dict:
     from topθ_hw.sim import simulate_kernel
 
     device = device_for(task)
+    row = {k: v for k, v in task.items() if k not in ("kernel", "method_spec", "device_numbers")}
+    row.update(hbm_bandwidth_GBps=device.memory.hbm_bandwidth_GBps,
+               sram_per_unit_KiB=device.compute.sram_per_unit_KiB)
+    if task.get("model"):  # a whole-model point (topθ_hw/cost)
+        from topθ_hw.cost.study import cost_point
+        return {**row, **{k: float("nan") for k in OUTPUTS}, **cost_point(task, device)}
     kernel = task["kernel"]
     out = simulate_kernel(device, batch=task["batch"], context=task["context"],
                           q_heads=kernel["q_heads"], kv_heads=kernel["kv_heads"],
                           head_dim=kernel["head_dim"], dtype=kernel["dtype"],
                           kept_v_fraction=task["kept_v_fraction"], fetch=fetch_mode(task["page_size"]),
                           method=task["sim_method"])
-    row = {k: v for k, v in task.items() if k not in ("kernel", "method_spec", "device_numbers")}
-    row.update(hbm_bandwidth_GBps=device.memory.hbm_bandwidth_GBps,
-               sram_per_unit_KiB=device.compute.sram_per_unit_KiB)
     row.update({k: out[k] for k in OUTPUTS})
     return row
