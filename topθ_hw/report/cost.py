@@ -23,7 +23,7 @@ COLUMNS = ["model", "device", "method", "phase", "context", "batch", "tp", "grap
 def cost_frame(sources) -> pd.DataFrame:
     """The study's whole-model points that fit, with ratios to the dense point of the same settings."""
     df = pd.concat([s.frame for s in sources], ignore_index=True)
-    if "model" not in df:
+    if "fits" not in df:  # no whole-model points
         return df.iloc[0:0]
     df = df[(df["model"] != "") & (df["fits"] == True)].copy()  # noqa: E712 (NaN-safe for object columns)
     dense = df[df["engine_method"] == "dense"].drop_duplicates(PAIR).set_index(PAIR)
