@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from topθ_hw.cost.capacity import capacity_table, check_fits
 from topθ_hw.cost.models import ModelShape, check_context, load_model
 from topθ_hw.cost.outputs import cost_outputs, ratios_to_dense
@@ -24,6 +26,12 @@ def kept_from_stats(path, context: int) -> tuple[float, str, str]:
     return fraction, "measured" if lo <= context <= hi else "extrapolated", method_from_meta(meta)
 
 
+@lru_cache(maxsize=32)
+def _named(loader, name: str):
+    """A shipped model or device loaded once per process (a study asks for the same few, often)."""
+    return loader(name)
+
+
 def one_step(config: StepConfig, price_per_hour: float | None) -> dict:
     step = simulate_step(config)
     return {**step, **cost_outputs(config, step, price_per_hour)}
@@ -36,8 +44,8 @@ def cost_of(model: str | ModelShape, hardware: str | Device, batch: int, context
     """Whole-model cost of one configuration, with dense's at the same batch and context and each
     output's ratio to it (``compare``), and the KV-cache capacity per method. ``context``: keys in
     the cache (decode) or prompt tokens (prefill)."""
-    model = model if isinstance(model, ModelShape) else load_model(model)
-    device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    model = model if isinstance(model, ModelShape) else _named(load_model, str(model))
+    device = hardware if isinstance(hardware, Device) else _named(load_device, str(hardware))
     check_context(model, context, "--context" if phase == "decode" else "--prompt-tokens")
     source = "given"
     if stats is not None:
