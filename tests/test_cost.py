@@ -133,3 +133,24 @@ def test_cli_bad_input_is_one_line(capsys):
                  "--batch", "64"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "does not fit" in err
+
+
+def test_stats_give_the_kept_fraction_from_real_masks(tmp_path):
+    """--stats: the kept fraction of the replay's real decode masks (top-k, k = 64 on the shipped
+    trace's layer 2), measured at the trace's own context and stretched beyond it."""
+    from pathlib import Path
+
+    from topθ_hw.engine import TopK
+    from topθ_hw.engine.run import replay_trace
+    from topθ_hw.store import open_trace
+    from topθ_hw.tables import write_table
+
+    trace = open_trace(Path(__file__).resolve().parents[1] / "traces" / "smollm2-135m.zarr")
+    stats, meta = replay_trace(trace, TopK(k=64), sequences=trace.sequences[1:], layers=[2], decode_only=True)
+    path = write_table(stats, tmp_path / "stats.parquet", {**meta, "kind": "engine-stats"})
+    inside = int(stats.loc[stats["phase"] == "decode", "context_len"].max())
+    r = cost_of("smollm2-135m", "h200", 1, inside, stats=path, graphs=True)
+    assert r["method"] == "topk" and r["kept_source"] == "measured"
+    assert 64 / inside <= r["kept_v_fraction"] <= 3 * 64 / inside  # union over the 3 heads of a group
+    far = cost_of("smollm2-135m", "h200", 1, 8192, stats=path, graphs=True)
+    assert far["kept_source"] == "extrapolated" and far["kept_v_fraction"] < r["kept_v_fraction"]

@@ -18,23 +18,24 @@ from topθ_hw.cost.run import cost_of
 from topθ_hw.sim import load_device
 
 
-def predict(row: dict, device) -> float:
+def predict(row: dict, device) -> dict:
     phase = row["phase"]
     method = "dense" if row["attention"] == "sdpa" else "toptheta"
     fraction = float(row["kept_v_fraction"]) if method != "dense" else None
     r = cost_of(row["model"], device, int(row["batch"]), int(row["context"]), method=method,
                 kept_v_fraction=fraction, graphs=row["graphs"] == "True", phase=phase, exact_attention=True)
-    return r["step_time_s"]
+    return r
 
 
 def table(rows: list[dict], device) -> list[dict]:
     out = []
     for row in rows:
-        predicted = predict(row, device)
-        measured = float(row["time_s"])
+        r = predict(row, device)
+        predicted, measured = r["step_time_s"], float(row["time_s"])
         out.append({**{k: row[k] for k in ("model", "phase", "batch", "context", "attention", "graphs")},
                     "measured_ms": measured * 1e3, "predicted_ms": predicted * 1e3,
-                    "error": predicted / measured - 1})
+                    "error": predicted / measured - 1, "kernels_measured": row.get("kernels", ""),
+                    "kernels_modelled": r["kernels"]})
     return out
 
 
@@ -54,10 +55,11 @@ def speedups(result: list[dict]) -> list[str]:
 
 def report(result: list[dict], micro: list[dict], device) -> str:
     errors = [abs(r["error"]) for r in result]
-    lines = ["| model | phase | B | N / prompt | attention | graphs | measured ms | predicted ms | error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | phase | B | N / prompt | attention | graphs | measured ms | predicted ms | error | kernels "
+             "measured / modelled |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['phase']} | {r['batch']} | {r['context']} | {r['attention']} | {r['graphs']} | "
-              f"{r['measured_ms']:.3f} | {r['predicted_ms']:.3f} | {r['error']:+.1%} |" for r in result]
+              f"{r['measured_ms']:.3f} | {r['predicted_ms']:.3f} | {r['error']:+.1%} | "
+              f"{r['kernels_measured'] or '-'} / {r['kernels_modelled']} |" for r in result]
     lines += ["", f"{len(result)} points: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}", "",
               "| model | B | N | graphs | Top-θ speedup measured | predicted | error |", "|---|---|---|---|---|---|---|"]
     lines += speedups(result)

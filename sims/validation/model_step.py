@@ -2,7 +2,7 @@
 
     python3 sims/validation/model_step.py --out DIR            # full run, about 4-5 minutes on one H200
     python3 sims/validation/model_step.py --out DIR --quick    # one small point per kind, about 1 minute
-    python3 sims/validation/model_step.py --cpu-check          # the self-checks on CPU, tiny shapes
+    TRITON_INTERPRET=1 python3 sims/validation/model_step.py --cpu-check   # self-checks on CPU, tiny shapes
 
 Shapes come from sims/models/<name>.toml (the simulator's own files). The decoder is a plain
 PyTorch one, op for op what topθ_hw/cost/ops.py charges: RMSNorm, fused QKV (+bias), RoPE,
@@ -62,9 +62,14 @@ class Decoder:
         self.norm = torch.ones(h, device=device, dtype=dtype)
         self.inv_freq = 1.0 / (1e4 ** (torch.arange(0, d, 2, device=device).float() / d))
 
-    def rope(self, x, pos):
-        """x [B, T, H, d] rotated at positions ``pos`` [T] (complex form: cast, multiply, cast back)."""
-        freqs = torch.polar(torch.ones_like(pos[:, None] * self.inv_freq), pos[:, None].float() * self.inv_freq)
+    def rotations(self, pos):
+        """e^(i·pos·inv_freq) [T, d/2], computed once per step and shared by every layer."""
+        angles = pos[:, None].float() * self.inv_freq
+        return torch.polar(torch.ones_like(angles), angles)
+
+    @staticmethod
+    def rope(x, freqs):
+        """x [B, T, H, d] rotated (complex form: 3 kernels, cast, multiply, cast back)."""
         xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
         return torch.view_as_real(xc * freqs[None, :, None]).flatten(3).type_as(x)
 
@@ -73,12 +78,13 @@ class Decoder:
         attend(q [B, H_q, T, d], K, V, layer) → [B, H_q, T, d]. Returns argmax and last logits."""
         s, (B, T) = self.s, ids.shape
         x = F.embedding(ids, self.embed)
+        freqs = self.rotations(pos)
         for layer, p in enumerate(self.layers):
             y = F.rms_norm(x, (s["hidden_size"],), p["n1"], 1e-6)
             qkv = torch.addmm(p["bias"], y.view(B * T, -1), p["qkv"]) if p["bias"] is not None else y.view(B * T, -1) @ p["qkv"]
             q, k, v = qkv.view(B, T, -1).split([self.q, self.kv, self.kv], dim=-1)
-            q = self.rope(q.view(B, T, s["q_heads"], -1), pos)
-            k = self.rope(k.view(B, T, s["kv_heads"], -1), pos)
+            q = self.rope(q.view(B, T, s["q_heads"], -1), freqs)
+            k = self.rope(k.view(B, T, s["kv_heads"], -1), freqs)
             K, V = caches[layer]
             K.index_copy_(2, pos, k.transpose(1, 2))
             V.index_copy_(2, pos, v.view(B, T, s["kv_heads"], -1).transpose(1, 2))
@@ -355,6 +361,12 @@ def cpu_check():
         err = float((sdpa_attend(q, K, V, 0) - reference_attend(q, K, V)).norm())
         assert err < 1e-4, err
         print(f"{name}: decode step vs prefill relative L2 {rel:.2e}; sdpa vs reference {err:.1e}")
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the Top-θ adapter's kernel, interpreted (float16: see
+        gen = torch.Generator().manual_seed(0)     # decode_kernels.py's cpu_check)
+        q = torch.randn(2, 8, 1, 64, generator=gen).half()
+        K, V = (torch.randn(2, 2, 320, 64, generator=gen).half() for _ in range(2))
+        top = TopThetaAttention(KEPT_FRACTION, K, V, gen)
+        print(f"{top.name}: relative L2 vs float32 reference {top.check(q, K, V):.2e}")
     print("cpu check passed")
 
 
