@@ -1,7 +1,6 @@
 """Whole-model cost per token (topθ_hw/cost): model files, capacity arithmetic, Amdahl sanity, CLI."""
 
 import json
-import shutil
 
 import pytest
 

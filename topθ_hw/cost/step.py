@@ -75,13 +75,19 @@ def op_time_s(op: Op, device: Device) -> float:
     return max(memory, matrix, vector) + device.memory.hbm_latency_ns * 1e-9
 
 
+def attention_keys(c: StepConfig, layer: int) -> int:
+    """Keys layer ``layer`` attends to (sliding layers: their window; evicting methods: the retained rows)."""
+    n = cached_tokens(c.model, layer, c.context)
+    if c.method in EVICTING and c.phase == "decode":
+        n = max(1, round(c.kept_v_fraction * n))
+    return n
+
+
 def attention_layers(c: StepConfig) -> dict[int, int]:
-    """Keys attended → number of layers attending to that many (sliding layers: their window)."""
+    """Keys attended → number of layers attending to that many."""
     counts: dict[int, int] = {}
     for layer in range(c.model.layers):
-        n = cached_tokens(c.model, layer, c.context)
-        if c.method in EVICTING and c.phase == "decode":
-            n = max(1, round(c.kept_v_fraction * n))
+        n = attention_keys(c, layer)
         counts[n] = counts.get(n, 0) + 1
     return counts
 
@@ -98,7 +104,7 @@ def attention_call(c: StepConfig, keys: int) -> dict:
 
 @dataclass
 class Part:
-    """One row of the step's breakdown: an operator summed over the layers that run it."""
+    """One row of the step's breakdown: an operator summed over the ``count`` layers that run it."""
     name: str
     kind: str
     time_s: float
@@ -106,9 +112,13 @@ class Part:
     bytes: float
     energy_j: float
     count: int
+    keys: int = 0              # attention: keys each of its layers attends to
     call: dict | None = None   # attention: the simulated call of one layer
 
-
+    def per_layer(self) -> tuple[int, float]:
+        """(kernels, seconds of each kernel) of one layer's share."""
+        kernels = max(self.kernels // self.count, 1)
+        return kernels, self.time_s / self.count / kernels
 
 
 def _op_part(op: Op, count: int, device: Device) -> Part:
@@ -123,52 +133,67 @@ def _attention_parts(c: StepConfig) -> list[Part]:
         r = attention_call(c, keys)
         body = r["time_s"] - attn.launch_part_s(c.device, int(r["launches"]))
         parts.append(Part(f"attention[{keys}]", "attention", body * layers, int(r["launches"]) * layers,
-                          r["bytes_total"] * layers, r["energy_j"] * layers, layers, r))
+                          r["bytes_total"] * layers, r["energy_j"] * layers, layers, keys, r))
     return parts
 
 
-def step_parts(c: StepConfig) -> list[Part]:
-    """The step's operators in execution order per layer (attention between before and after)."""
+def step_parts(c: StepConfig) -> tuple[list[Part], list[Part], list[Part], list[Part], list[Part]]:
+    """(model head, per-layer before attention, attention by keys, per-layer after, model tail)."""
     check_config(c)
     tokens = c.batch if c.phase == "decode" else c.batch * c.context
     before, after = layer_ops(c.model, tokens, c.tp)
     first, last = model_head_ops(c.model, tokens, c.batch, c.tp)
-    L = c.model.layers
-    return ([_op_part(op, 1, c.device) for op in first] + [_op_part(op, L, c.device) for op in before]
-            + _attention_parts(c) + [_op_part(op, L, c.device) for op in after]
-            + [_op_part(op, 1, c.device) for op in last])
+    L, d = c.model.layers, c.device
+    return ([_op_part(op, 1, d) for op in first], [_op_part(op, L, d) for op in before], _attention_parts(c),
+            [_op_part(op, L, d) for op in after], [_op_part(op, 1, d) for op in last])
 
 
-def launched_time_s(parts: list[Part], device: Device, graphs: bool) -> float:
-    """Step time with launches: one graph launch and graph gaps, or the eager host/GPU race."""
-    kernels = sum(p.kernels for p in parts)
-    body = sum(p.time_s for p in parts)
+def kernel_sequence(c: StepConfig, parts) -> list[float]:
+    """Every kernel's device time in launch order: layer by layer, attention between its halves."""
+    first, before, attention, after, last = parts
+    by_keys = {p.keys: p for p in attention}
+    out = []
+    def add(p):  # noqa: E306
+        n, each = p.per_layer()
+        out.extend([each] * n)
+    for p in first:
+        add(p)
+    for layer in range(c.model.layers):
+        for p in (*before, by_keys[attention_keys(c, layer)], *after):
+            add(p)
+    for p in last:
+        add(p)
+    return out
+
+
+def launched_time_s(kernels: list[float], device: Device, graphs: bool) -> float:
+    """Step time with launches: one graph launch and graph gaps, or the eager host/GPU race (a
+    kernel starts once the host has dispatched it and the previous kernel has finished)."""
     k, s = device.kernel, device.step
     if graphs:
-        return k.launch_overhead_us * 1e-6 + body + (kernels - 1) * s.graph_launch_gap_us * 1e-6
+        return k.launch_overhead_us * 1e-6 + sum(kernels) + (len(kernels) - 1) * s.graph_launch_gap_us * 1e-6
     host = free = 0.0
     dispatch, gap = s.eager_dispatch_us * 1e-6, k.launch_gap_us * 1e-6
-    for p in parts:                               # each kernel of p takes p.time_s / p.kernels
-        per_kernel = p.time_s / max(p.kernels, 1)
-        for _ in range(p.kernels):
-            host += dispatch
-            free = max(host, free + gap) + per_kernel
+    for duration in kernels:
+        host += dispatch
+        free = max(host, free + gap) + duration
     return free + (k.launch_overhead_us - k.launch_gap_us) * 1e-6
 
 
 def simulate_step(c: StepConfig) -> dict:
     """The step's time (with launches), the Amdahl split, bytes, dynamic energy and its breakdown."""
     parts = step_parts(c)
-    step = launched_time_s(parts, c.device, c.graphs)
-    attention = sum(p.time_s for p in parts if p.kind == "attention")
+    kernels = kernel_sequence(c, parts)
+    step = launched_time_s(kernels, c.device, c.graphs)
+    flat = [p for group in parts for p in group]
+    attention = sum(p.time_s for p in parts[2])
     breakdown = {}
-    for p in parts:
-        key = p.name if p.kind != "attention" else "attention"
+    for p in flat:
+        key = "attention" if p.kind == "attention" else p.name
         breakdown[key] = breakdown.get(key, 0.0) + p.time_s
     return {"step_time_s": step, "attention_time_s": attention, "rest_time_s": step - attention,
-            "attention_share": attention / step, "kernels": sum(p.kernels for p in parts),
-            "gpu_busy_s": sum(p.time_s for p in parts), "bytes_per_device": sum(p.bytes for p in parts),
-            "dynamic_energy_j_per_device": sum(p.energy_j for p in parts),
-            "attention_extrapolated": any(p.call["extrapolated"] for p in parts if p.call),
-            "attention_layer": max((p for p in parts if p.call), key=lambda p: p.name).call,
-            "breakdown_s": breakdown}
+            "attention_share": attention / step, "kernels": len(kernels), "gpu_busy_s": sum(kernels),
+            "bytes_per_device": sum(p.bytes for p in flat),
+            "dynamic_energy_j_per_device": sum(p.energy_j for p in flat),
+            "attention_extrapolated": any(p.call["extrapolated"] for p in parts[2]),
+            "attention_layer": max(parts[2], key=lambda p: p.keys).call, "breakdown_s": breakdown}
