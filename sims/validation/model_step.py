@@ -112,41 +112,70 @@ def reference_attend(q, K, V, kept=None):
 
 
 class TopThetaAttention:
-    """Adapter: the Top-θ decode kernel at a fixed kept fraction, one call per layer.
+    """Adapter: the Top-θ decode kernel at a fixed kept V fraction, one call per layer.
 
-    The one line to change when the fused kernel lands: ``threshold_decode(q, k, v, theta)`` in
-    kernels.py (θ per (batch, query head), calibrated here on the step's own scores to keep
-    ``fraction`` of keys). Until then: ``split_kv_decode`` with a V-row mask of the same fraction."""
+    The one line to change when the fused kernel lands with another signature is in ``__call__``:
+    ``threshold_decode(q [B, H_q, d], k, v [B, H_kv, N, d], theta [B, H_q])`` from kernels.py, θ in
+    logit units (scores already scaled by d^-1/2), a key kept for a head where its score > θ.
+    ``calibrate_step`` runs the step once eagerly and sets each layer's θ per (batch, head) on that
+    layer's own scores, so that the union over a group's G heads keeps ``fraction`` of the V rows
+    (per head 1 - (1 - fraction)^(1/G), independent heads); the union actually kept is measured and
+    reported. Without the fused kernel: ``split_kv_decode`` with a V-row mask of ``fraction``."""
 
     def __init__(self, fraction, K, V, gen):
         import kernels
-        self.fraction = fraction
+        self.fraction, self.kernels = fraction, kernels
         self.fused = getattr(kernels, "threshold_decode", None)
         self.name = "toptheta_fused" if self.fused else "toptheta_vrow_mask"
         B, H, N, _ = K.shape
         self.mask = kernels.kept_mask(B, H, N, fraction, gen, K.device, 4, 64)
         self.mask_u8 = self.mask.to(torch.uint8).contiguous()
-        self.kernels, self.theta = kernels, None
+        self.theta, self.union, self.first, self.calibrating = {}, {}, None, False
 
-    def calibrate(self, q, K):
-        """θ per (batch, query head): the (1 - fraction) quantile of that head's scores."""
+    def _scores(self, q, K):
         G = q.shape[1] // K.shape[1]
-        s = torch.einsum("bhgd,bhnd->bhgn", q.float().view(q.shape[0], K.shape[1], G, -1), K.float())
-        k = max(1, round((1 - self.fraction) * s.shape[-1]))
-        self.theta = s.kthvalue(k, dim=-1).values.reshape(q.shape[0], -1) * q.shape[-1] ** -0.5
+        return torch.einsum("bhgd,bhnd->bhgn", q.float().view(q.shape[0], K.shape[1], G, -1), K.float()) \
+            * q.shape[-1] ** -0.5
+
+    def _calibrate(self, q, K, V, layer):
+        s = self._scores(q, K)
+        per_head = 1 - (1 - self.fraction) ** (1 / s.shape[2])
+        k = min(s.shape[-1], max(1, round((1 - per_head) * s.shape[-1])))
+        theta = s.kthvalue(k, dim=-1).values
+        self.union[layer] = float((s > theta[..., None]).any(dim=2).float().mean())
+        self.theta[layer] = theta.reshape(q.shape[0], -1).contiguous()
+        if self.first is None:
+            self.first = (q.clone(), layer)
+        return sdpa_attend(q, K, V, layer)
+
+    def calibrate_step(self, step):
+        if self.fused:
+            self.calibrating = True
+            step()
+            self.calibrating = False
+
+    @property
+    def kept_v_fraction(self):
+        return sum(self.union.values()) / len(self.union) if self.fused else float(self.mask.float().mean())
 
     def __call__(self, q, K, V, layer):
         if self.fused:
-            if self.theta is None:
-                self.calibrate(q, K)
-            return self.fused(q[:, :, 0], K, V, self.theta).unsqueeze(2)
+            if self.calibrating:
+                return self._calibrate(q, K, V, layer)
+            return self.fused(q[:, :, 0], K, V, self.theta[layer]).unsqueeze(2)
         return self.kernels.split_kv_decode(q[:, :, 0].contiguous(), K, V, mask=self.mask_u8).unsqueeze(2)
 
     def check(self, q, K, V):
-        got = self(q, K, V, 0).float()
+        """Relative L2 error against float32 attention over the same kept keys; raises on mismatch."""
         if self.fused:
-            return None  # the fused kernel's own check lives with it (kernels.py / decode_kernels.py)
-        ref = reference_attend(q, K, V, self.mask)
+            q, layer = self.first
+            s = self._scores(q, K)
+            keep = s > self.theta[layer].view(s.shape[:3])[..., None]
+            s = s.masked_fill(~keep, float("-inf"))
+            ref = torch.einsum("bhgn,bhnd->bhgd", s.softmax(-1).nan_to_num(), V.float()).reshape(q.shape)
+        else:
+            layer, ref = 0, reference_attend(q, K, V, self.mask)
+        got = self(q, K, V, layer).float()
         rel = float((got - ref).norm() / ref.norm())
         if not rel < REL_TOL:
             raise AssertionError(f"{self.name}: relative L2 error {rel:.3e} >= {REL_TOL}")
@@ -243,6 +272,7 @@ def decode_points(model, name, batch, context, args, gen, log):
     ids = torch.randint(0, s["vocab_size"], (batch, 1), device=dev, generator=gen)
     pos = torch.tensor([context], device=dev)
     top = TopThetaAttention(KEPT_FRACTION, *caches[0], gen)
+    top.calibrate_step(lambda: model.forward(ids, pos, caches, top))
     q = torch.randn(batch, s["q_heads"], 1, s["head_dim"], device=dev, dtype=torch.bfloat16, generator=gen)
     rel = top.check(q, *caches[0])
     dense_rel = float((sdpa_attend(q, *caches[0], 0).float() - reference_attend(q, *caches[0])).norm()
@@ -261,7 +291,7 @@ def decode_points(model, name, batch, context, args, gen, log):
         kernels = count_kernels(step) if batch == 1 else ""
         for graphs, t in ((False, eager), (True, replay)):
             rows.append({"model": name, "phase": "decode", "batch": batch, "context": context, "prompt_tokens": "",
-                         "attention": attention, "kept_v_fraction": 1.0 if attention == "sdpa" else KEPT_FRACTION,
+                         "attention": attention, "kept_v_fraction": 1.0 if attention == "sdpa" else top.kept_v_fraction,
                          "graphs": graphs, "time_s": t[0], "time_s_p10": t[1], "time_s_p90": t[2],
                          "repeats": args.repeats, "kernels": kernels,
                          "check_rel_l2": dense_rel if attention == "sdpa" else rel})
@@ -317,12 +347,10 @@ def write_csv(path, rows):
     os.replace(tmp, path)
 
 
-def sweep(args, log):
+def sweep(args, log, rows, skipped):
+    """Appends to ``rows`` and ``skipped`` as it goes (the caller writes what finished, even on failure)."""
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
-    device_name = torch.cuda.get_device_name(0)
-    date = datetime.date.today().isoformat()
-    rows, skipped = [], []
     for name in MODEL_NAMES[:1] if args.quick else MODEL_NAMES:
         s = load_shape(name)
         # the caching logic, checked in float32 on 2 layers (32 bf16 layers drift apart by rounding alone)
@@ -345,9 +373,6 @@ def sweep(args, log):
                 torch.cuda.empty_cache()
         del model
         torch.cuda.empty_cache()
-    for r in rows:
-        r.update(device=device_name, date=date)
-    return rows, skipped
 
 
 def cpu_check():
@@ -362,6 +387,7 @@ def cpu_check():
         err = float((sdpa_attend(q, K, V, 0) - reference_attend(q, K, V)).norm())
         assert err < 1e-4, err
         print(f"{name}: decode step vs prefill relative L2 {rel:.2e}; sdpa vs reference {err:.1e}")
+    check_fused_adapter()
     if os.environ.get("TRITON_INTERPRET") == "1":  # the Top-θ adapter's kernel, interpreted (float16: see
         gen = torch.Generator().manual_seed(0)     # decode_kernels.py's cpu_check)
         q = torch.randn(2, 8, 1, 64, generator=gen).half()
@@ -369,6 +395,36 @@ def cpu_check():
         top = TopThetaAttention(KEPT_FRACTION, K, V, gen)
         print(f"{top.name}: relative L2 vs float32 reference {top.check(q, K, V):.2e}")
     print("cpu check passed")
+
+
+def check_fused_adapter():
+    """The adapter's fused path (calibration through a real step, per-layer θ, the check), run with a
+    torch stand-in for ``threshold_decode`` with the same contract (CPU only; never timed)."""
+    import kernels
+
+    def stand_in(q, K, V, theta):
+        G = q.shape[1] // K.shape[1]
+        s = torch.einsum("bhgd,bhnd->bhgn", q.view(q.shape[0], K.shape[1], G, -1), K) * q.shape[-1] ** -0.5
+        s = s.masked_fill(s <= theta.view(s.shape[:3])[..., None], float("-inf"))
+        return torch.einsum("bhgn,bhnd->bhgd", s.softmax(-1).nan_to_num(), V).reshape(q.shape)
+
+    s = {**load_shape(MODEL_NAMES[0]), "hidden_size": 256, "q_heads": 8, "kv_heads": 2, "head_dim": 32,
+         "intermediate_size": 512, "vocab_size": 1000}
+    model, gen = Decoder(s, torch.device("cpu"), torch.float32, layers=2), torch.Generator().manual_seed(1)
+    n, batch = 600, 2
+    caches = [tuple(torch.randn(batch, 2, n + 1, 32, generator=gen) for _ in range(2)) for _ in range(2)]
+    ids, pos = torch.randint(0, 1000, (batch, 1), generator=gen), torch.tensor([n])
+    kernels.threshold_decode = stand_in
+    try:
+        top = TopThetaAttention(KEPT_FRACTION, *caches[0], gen)
+        top.calibrate_step(lambda: model.forward(ids, pos, caches, top))
+        rel = top.check(None, *caches[0])
+        model.forward(ids, pos, caches, top)
+    finally:
+        del kernels.threshold_decode
+    assert abs(top.kept_v_fraction - KEPT_FRACTION) < 0.03, top.kept_v_fraction
+    print(f"{top.name} adapter (torch stand-in kernel): union of V rows kept {top.kept_v_fraction:.3f}, "
+          f"check {rel:.1e}")
 
 
 def main():
@@ -389,12 +445,21 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     micro = micro_benches(torch.device("cuda"))
     print("micro: " + ", ".join(f"{n} {v:.3g}" for n, v, _ in micro), flush=True)
-    rows, skipped = sweep(args, sys.stdout)
-    write_csv(out / "model_step.csv", rows)
-    write_csv(out / "model_step_micro.csv", [{"bench": n, "value": v, "unit": u} for n, v, u in micro])
-    prov = provenance(args, skipped, {n: v for n, v, _ in micro}, started)
-    (out / "model_step.provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True))
-    print(f"wrote {len(rows)} points to {out} in {time.time() - started:.0f} s")
+    rows, skipped, failure = [], [], None
+    try:
+        sweep(args, sys.stdout, rows, skipped)
+    except Exception as exc:  # keep what finished; the provenance names the failure
+        failure = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        for r in rows:
+            r.update(device=torch.cuda.get_device_name(0), date=datetime.date.today().isoformat())
+        if rows:
+            write_csv(out / "model_step.csv", rows)
+        write_csv(out / "model_step_micro.csv", [{"bench": n, "value": v, "unit": u} for n, v, u in micro])
+        prov = {**provenance(args, skipped, {n: v for n, v, _ in micro}, started), "failure": failure}
+        (out / "model_step.provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True))
+        print(f"wrote {len(rows)} points to {out} in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":
