@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from topθ_hw.cost.capacity import max_batch
+from topθ_hw.cost.models import load_model
 from topθ_hw.cost.run import cost_of
 from topθ_hw.errors import UserError
 from topθ_hw.sim import Device
@@ -22,8 +24,12 @@ CALL_OUTPUTS = {"time_s": "time_s", "bytes_total": "bytes_total", "energy_j": "e
 
 
 def cost_point(task: dict, device: Device) -> dict:
-    """Cost columns (NaN where the device file lacks the figure) plus ``fits``."""
+    """Cost columns (NaN where the device file lacks the figure), the largest batch that fits at the
+    point's context for its method, and ``fits``."""
+    method = task["sim_method"]
     row = {k: math.nan for k in COST_OUTPUTS}
+    row["max_batch"] = max_batch(load_model(task["model"]), device, task["context"], task["tp"], method,
+                                 task["kept_v_fraction"])
     try:
         r = cost_of(task["model"], device, task["batch"], task["context"], tp=task["tp"],
                     method=task["sim_method"], kept_v_fraction=None if task["sim_method"] == "dense"

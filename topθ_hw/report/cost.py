@@ -17,7 +17,7 @@ PAIR = ["model", "device", "phase", "context", "batch", "tp", "graphs", "page_si
         "sram_scale", "trace"]
 COLUMNS = ["model", "device", "method", "phase", "context", "batch", "tp", "graphs", "kept_v_fraction",
            "kept_source", "step_time_s", "attention_time_s", "attention_share", "tokens_per_s", "joules_per_token",
-           "usd_per_million_tokens", "speedup_vs_dense", "attention_speedup_vs_dense"]
+           "usd_per_million_tokens", "speedup_vs_dense", "attention_speedup_vs_dense", "max_batch"]
 
 
 def cost_frame(sources) -> pd.DataFrame:
