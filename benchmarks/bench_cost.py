@@ -9,6 +9,8 @@ The sweep is 5 models × 2 devices × 5 batches × 5 contexts × 2 methods × 2 
 point a ``cost_of`` call without its dense twin (dense is a point of its own, as in a study),
 spread over ``--workers`` processes. Points that do not fit are counted, not timed apart. Last,
 the batch-extrapolated attention (used above 16k work items) against the exact simulation.
+``--through-study`` also runs the same 1,000 points as a ``toptheta study`` (Dask, 2 workers, kept
+fractions from replaying the shipped trace once per method) with an empty attention cache.
 """
 
 from __future__ import annotations
@@ -70,6 +72,30 @@ def sweep_seconds(points: list[dict], cache: str, workers: int) -> tuple[float, 
     return time.perf_counter() - t0, {o: outcomes.count(o) for o in set(outcomes)}
 
 
+STUDY = """[study]
+name = "bench_cost"
+[axes]
+model = {model}
+device = {device}
+batch = {batch}
+context = {context}
+method = {method}
+graphs = [false, true]
+k = [64]
+"""
+
+
+def study_seconds(cache: str, work: Path) -> tuple[float, int]:
+    """End to end through ``run_study`` (replays included), with an empty attention cache."""
+    from topθ_hw.study.run import run_study
+    os.environ["TOPTHETA_CACHE_DIR"] = cache
+    text = STUDY.format(**{k: repr(v).replace("'", '"') for k, v in GRID.items()})
+    (work / "study.toml").write_text(text)
+    t0 = time.perf_counter()
+    results = run_study(work / "study.toml", work / "study.parquet", workers=2, progress=False, log=sys.stdout)
+    return time.perf_counter() - t0, len(results)
+
+
 def extrapolation_errors() -> list[str]:
     from topθ_hw.cost.attention import decode_attention
     from topθ_hw.sim import load_device
@@ -87,6 +113,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--through-study", action="store_true", help="also time the points as a toptheta study")
     args = ap.parse_args()
     points = [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())][: args.points]
     with tempfile.TemporaryDirectory() as cache:
@@ -105,6 +132,10 @@ def main() -> int:
         s_warm, _ = sweep_seconds(points, cache, args.workers)
         print(f"{len(points)} configurations on {args.workers} workers: cold cache {s_cold:.1f} s, warm {s_warm:.1f} s "
               f"(goal < 120 s); outcomes {outcomes}")
+        if args.through_study:
+            with tempfile.TemporaryDirectory() as study_cache, tempfile.TemporaryDirectory() as work:
+                seconds, n = study_seconds(study_cache, Path(work))
+            print(f"the same as `toptheta study` ({n} points, replays included, empty cache): {seconds:.1f} s")
         print("batch-extrapolated attention against the exact simulation (h200, 32 q / 8 KV heads, d = 128):")
         print("\n".join(extrapolation_errors()))
     return 0

@@ -89,6 +89,14 @@ def test_end_to_end_speedup_is_below_the_attention_speedup():
     assert v["attention_speedup"] > 2 and 1 < v["speedup"] < v["attention_speedup"]
 
 
+@pytest.mark.parametrize("device, batch, context", [("h100", 16, 16384), ("h200", 16, 32768), ("h200", 1, 4096)])
+def test_toptheta_end_to_end_change_is_a_diluted_attention_change(device, batch, context):
+    """Amdahl, whichever way the attention model goes: the end-to-end ratio lies between 1 and the
+    attention-only ratio, diluted by the rest of the step."""
+    v = cost_of("llama-3.1-8b", device, batch, context, method="toptheta", kept_v_fraction=0.1, graphs=True)["vs_dense"]
+    assert min(1, v["attention_speedup"]) < v["speedup"] < max(1, v["attention_speedup"])
+
+
 def test_tensor_parallel_two_devices_are_faster_for_70b():
     # bf16 70B (141 GB) needs two H200s; a B200 (192 GB) holds it alone
     one = cost_of("llama-3.1-70b", "b200", 4, 8192, graphs=True)["step_time_s"]
@@ -127,11 +135,19 @@ def test_cli_json_keys(capsys):
     assert r["time_to_first_token_s"] == r["step_time_s"]
 
 
-def test_cli_bad_input_is_one_line(capsys):
-    assert main(["cost", "--model", "llama-3.1-8b", "--hardware", "h200", "--context", "32768",
-                 "--batch", "64"]) == 2
+@pytest.mark.parametrize("flags, message", [
+    (["--context", "32768", "--batch", "64"], "does not fit"),
+    (["--context", "4096", "--batch", "1", "--tp", "3"], "--tp 3 does not divide"),
+    (["--context", "4096", "--batch", "1", "--method", "toptheta"], "needs --kept-v-fraction F or --stats"),
+    (["--context", "4096", "--batch", "1", "--method", "toptheta", "--kept-v-fraction", "1.5"], "outside (0, 1]"),
+    (["--batch", "1", "--phase", "prefill"], "--phase prefill needs --prompt-tokens"),
+    (["--context", "200000", "--batch", "1"], "--context 200000 outside 1..131072"),
+    (["--context", "4096", "--batch", "1", "--tp", "16"], "links at most 8 devices"),
+])
+def test_cli_bad_input_is_one_line(capsys, flags, message):
+    assert main(["cost", "--model", "llama-3.1-8b", "--hardware", "h200", *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "does not fit" in err
+    assert "\n" not in err and message in err
 
 
 def test_stats_give_the_kept_fraction_from_real_masks(tmp_path):

@@ -92,7 +92,9 @@ def load_model(name_or_path: str | os.PathLike) -> ModelShape:
     """A shipped model by name (``"llama-3.1-8b"``), a model TOML, or a HF ``config.json`` (or its folder)."""
     text = str(name_or_path)
     path = Path(text)
-    if path.is_dir() and (path / "config.json").exists():
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path}: a folder without config.json (expected a model .toml, a HF config.json or its folder)")
         path = path / "config.json"
     if path.suffix == ".json":
         return model_from_hf_config(path)
