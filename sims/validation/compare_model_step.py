@@ -35,7 +35,8 @@ def table(rows: list[dict], device) -> list[dict]:
         out.append({**{k: row[k] for k in ("model", "phase", "batch", "context", "attention", "graphs")},
                     "measured_ms": measured * 1e3, "predicted_ms": predicted * 1e3,
                     "error": predicted / measured - 1, "kernels_measured": row.get("kernels", ""),
-                    "kernels_modelled": r["kernels"]})
+                    "kernels_modelled": r["kernels"], "power_measured_W": row.get("power_W", ""),
+                    "power_modelled_W": r.get("power_W_per_device")})
     return out
 
 
@@ -63,6 +64,12 @@ def report(result: list[dict], micro: list[dict], device) -> str:
     lines += ["", f"{len(result)} points: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}", "",
               "| model | B | N | graphs | Top-θ speedup measured | predicted | error |", "|---|---|---|---|---|---|---|"]
     lines += speedups(result)
+    powered = [r for r in result if r["power_measured_W"] not in ("", None)]
+    if powered:
+        lines += ["", "| model | B | N | attention | board power measured W | modelled W (idle + dynamic) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['context']} | {r['attention']} | "
+                  f"{float(r['power_measured_W']):.0f} | {r['power_modelled_W']:.0f} |" for r in powered]
     step = device.step
     lines += ["", "| microbenchmark | measured | device file |", "|---|---|---|"]
     lines += [f"| {m['bench']} | {float(m['value']):.4g} {m['unit']} | "

@@ -263,6 +263,19 @@ def micro_benches(device):
     return rows
 
 
+def board_power_W(replay, step_s, seconds=1.5):
+    """nvidia-smi's board power while CUDA-graph steps run back to back (queued for ``seconds``)."""
+    for _ in range(max(1, int(seconds / step_s))):
+        replay()
+    time.sleep(0.6 * seconds)
+    watts = shell("nvidia-smi -i 0 --query-gpu=power.draw --format=csv,noheader,nounits")
+    torch.cuda.synchronize()
+    try:
+        return float(watts.split()[0])
+    except (ValueError, IndexError):
+        return ""
+
+
 def decode_points(model, name, batch, context, args, gen, log):
     """Eager and graph-replayed decode steps at ``context`` keys, SDPA and Top-θ attention."""
     s, dev = model.s, model.embed.device
@@ -289,11 +302,12 @@ def decode_points(model, name, batch, context, args, gen, log):
             step()
         replay = time_it(graph.replay, args.repeats)
         kernels = count_kernels(step) if batch == 1 else ""
+        power = board_power_W(graph.replay, replay[0]) if batch >= 16 else ""
         for graphs, t in ((False, eager), (True, replay)):
             rows.append({"model": name, "phase": "decode", "batch": batch, "context": context, "prompt_tokens": "",
                          "attention": attention, "kept_v_fraction": 1.0 if attention == "sdpa" else top.kept_v_fraction,
                          "graphs": graphs, "time_s": t[0], "time_s_p10": t[1], "time_s_p90": t[2],
-                         "repeats": args.repeats, "kernels": kernels,
+                         "repeats": args.repeats, "kernels": kernels, "power_W": power if graphs else "",
                          "check_rel_l2": dense_rel if attention == "sdpa" else rel})
         print(f"{name} decode B={batch} N={context} {attention}: eager {eager[0] * 1e3:.3f} ms, "
               f"graph {replay[0] * 1e3:.3f} ms", file=log, flush=True)
@@ -312,7 +326,7 @@ def prefill_point(model, name, batch, prompt, args, gen, log):
     print(f"{name} prefill B={batch} T={prompt}: {t[0] * 1e3:.2f} ms", file=log, flush=True)
     return {"model": name, "phase": "prefill", "batch": batch, "context": prompt, "prompt_tokens": prompt,
             "attention": "sdpa", "kept_v_fraction": 1.0, "graphs": False, "time_s": t[0], "time_s_p10": t[1],
-            "time_s_p90": t[2], "repeats": args.prefill_repeats, "kernels": "", "check_rel_l2": ""}
+            "time_s_p90": t[2], "repeats": args.prefill_repeats, "kernels": "", "power_W": "", "check_rel_l2": ""}
 
 
 def shell(cmd):
