@@ -169,3 +169,32 @@ def test_stats_give_the_kept_fraction_from_real_masks(tmp_path):
     assert 64 / inside <= r["kept_v_fraction"] <= 3 * 64 / inside  # union over the 3 heads of a group
     far = cost_of("smollm2-135m", "h200", 1, 8192, stats=path, graphs=True)
     assert far["kept_source"] == "extrapolated" and far["kept_v_fraction"] < r["kept_v_fraction"]
+
+
+def test_launch_model_by_hand():
+    """Eager: a kernel starts when the host has dispatched it and the previous one finished."""
+    from topθ_hw.cost.step import launched_time_s
+    d = load_device("h200")
+    k, s = d.kernel, d.step
+    tail = (k.launch_overhead_us - k.launch_gap_us) * 1e-6
+    tiny = [1e-7] * 100                       # host-bound: 100 dispatches, then the last kernel
+    assert launched_time_s(tiny, d, False) == pytest.approx(100 * s.eager_dispatch_us * 1e-6 + 1e-7 + tail)
+    long = [1e-3] * 10                        # device-bound: the host is ahead after the first dispatch
+    assert launched_time_s(long, d, False) == pytest.approx(
+        s.eager_dispatch_us * 1e-6 + 10e-3 + 9 * k.launch_gap_us * 1e-6 + tail)
+    assert launched_time_s(long, d, True) == pytest.approx(
+        k.launch_overhead_us * 1e-6 + 10e-3 + 9 * s.graph_launch_gap_us * 1e-6)
+
+
+def test_attention_cache_is_keyed_by_the_device_numbers(tmp_path, monkeypatch):
+    from topθ_hw.cost import attention
+    from topθ_hw.study.evaluate import scaled_device
+    monkeypatch.setenv("TOPTHETA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(attention, "_MEMORY", {})  # as in a fresh process
+    d = load_device("h200")
+    full = attention.decode_attention(d, 4, 8192, 32, 8, 128, 1.0, "dense")
+    half = attention.decode_attention(scaled_device(d, 0.5, 1.0), 4, 8192, 32, 8, 128, 1.0, "dense")
+    assert half["time_s"] > 1.5 * full["time_s"]
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    attention._MEMORY.clear()                 # a fresh process reads the same result from disk
+    assert attention.decode_attention(d, 4, 8192, 32, 8, 128, 1.0, "dense") == full
