@@ -73,7 +73,8 @@ def text_lines(r: dict) -> list[str]:
     what = "time to first token" if r["phase"] == "prefill" else "time per output token"
     key = "time_to_first_token_s" if r["phase"] == "prefill" else "time_per_output_token_s"
     v = r["vs_dense"]
-    lines = [f"{r['model']} on {r['device']} x{r['tp']}: {r['phase']}, batch {r['batch']}, context {r['context']}, "
+    length = "prompt tokens" if r["phase"] == "prefill" else "context"
+    lines = [f"{r['model']} on {r['device']} x{r['tp']}: {r['phase']}, batch {r['batch']}, {length} {r['context']}, "
              f"{r['method']} (kept V {r['kept_v_fraction']:.3g}, {r['kept_source']}), "
              f"{'CUDA graphs' if r['graphs'] else 'eager'}",
              f"  {what:24s} {r[key] * 1e3:.3f} ms   tokens/s {r['tokens_per_s']:.1f}",
