@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from topθ_hw.errors import UserError
-from topθ_hw.sim.hardware import SECTIONS, Build, Dma, hardware_dir, known_devices, load_device
+from topθ_hw.sim.hardware import OPTIONAL_SECTIONS, SECTIONS, Build, hardware_dir, known_devices, load_device
 
 SHIPPED = ["a100", "b200", "h100", "h200", "mi300x", "npu", "tpu-v5e"]
 
@@ -16,10 +16,10 @@ def test_every_shipped_device_loads_with_a_source_per_number():
     assert known_devices() == SHIPPED
     for name in SHIPPED:
         d = load_device(name)
-        expected = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+        present = {**SECTIONS, **{s: cls for s, cls in OPTIONAL_SECTIONS.items() if getattr(d, s) is not None}}
+        expected = {f"{s}.{f.name}" for s, cls in present.items() for f in dataclasses.fields(cls)}
         if d.dma is None:  # GPUs: from sims/kernels/triton-splitkv.toml
             expected |= {f"build.{f.name}" for f in dataclasses.fields(Build)}
-        expected |= {f"dma.{f.name}" for f in dataclasses.fields(Dma)} if d.dma else set()
         assert set(d.sources) == expected
         assert all(d.sources[k].split(":")[0] in ("ref", "measured", "derived", "assumed") for k in expected)
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -21,6 +21,7 @@ STAGE_CLIS = [
     "topθ_hw.capture.cli",
     "topθ_hw.engine.cli",
     "topθ_hw.sim.cli",
+    "topθ_hw.cost.cli",
     "topθ_hw.quality.cli",
     "topθ_hw.compare.cli",
     "topθ_hw.study.cli",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from topθ_hw.report.alternatives import alternatives_figures
+from topθ_hw.report.cost import cost_figures, cost_frame, unfit_points
 from topθ_hw.report.inputs import Inputs, load_inputs
 from topθ_hw.report.measured import kept_by_layer, kept_by_length, method_label, occupancy, theta_curves
 from topθ_hw.report.render import write_report
@@ -35,7 +36,7 @@ def build_report(results_paths, out_dir, title: str = "Top-θ attention: hardwar
         figures.append(f)
     studies = inputs.of_kind("study-results")
     if studies:
-        figures += study_figures(studies)
+        figures += study_figures(studies) + cost_figures(studies)
     figures += alternatives_figures(inputs.of_kind("alternatives-comparison"))
     tables = input_tables(inputs)
     return write_report(Path(out_dir), title, summary_lines(inputs), figures, tables,
@@ -48,9 +49,13 @@ def input_tables(inputs: Inputs) -> dict[str, pd.DataFrame]:
     tables = {}
     studies = inputs.of_kind("study-results")
     if studies:
-        pays = where_it_pays(study_frame(studies))
+        attention_only = study_frame(studies)
+        pays = where_it_pays(attention_only) if not attention_only.empty else attention_only
         if not pays.empty:
             tables["where_it_pays"] = pays
+        unfit = unfit_points(studies)
+        if not unfit.empty:
+            tables["cost_points_that_do_not_fit"] = unfit
     tables.update({f"{s.kind}-{s.path.stem}": s.frame
                    for s in inputs.of_kind("quality") + inputs.of_kind("quality-layers")})
     for s in inputs.of_kind("sim-results"):
@@ -90,7 +95,9 @@ def summary_lines(inputs: Inputs) -> list[str]:
                          f"attention elements ({1 / frac:.1f}× fewer)")
     studies = inputs.of_kind("study-results")
     if studies:
-        lines += _study_summary(study_frame(studies))
+        attention_only = study_frame(studies)
+        lines += _study_summary(attention_only) if not attention_only.empty else []
+        lines += _cost_summary(cost_frame(studies))
     return lines or ["no figures: the inputs hold no statistics, thresholds or study results"]
 
 
@@ -109,4 +116,18 @@ def _study_summary(df: pd.DataFrame) -> list[str]:
                      f"{best['kept_v_fraction']:.3f}, {best['kept_source']}"
                      + (f"; kernel: {best['kernel_label']}" if "kernel_label" in best else "")
                      + (f"; {best['validation']}" if "validation" in best else "") + ")")
+    return lines
+
+
+def _cost_summary(df: pd.DataFrame) -> list[str]:
+    """Per model and device: the best end-to-end speedup of each sparse method over dense, beside its
+    attention-only speedup at the same point (whole-model study points)."""
+    sparse = df[(df["engine_method"] != "dense") & df["speedup_vs_dense"].notna()] if not df.empty else df
+    lines = []
+    for (model, device, method), t in sparse.groupby(["model", "device", "method"]):
+        best = t.loc[t["speedup_vs_dense"].idxmax()]
+        lines.append(f"simulated: {method} on {model} / {device}: {best['speedup_vs_dense']:.2f}× end to end at best "
+                     f"(attention alone {best['attention_speedup_vs_dense']:.2f}×; {best['phase']}, context "
+                     f"{int(best['context'])}, batch {int(best['batch'])}, tp {int(best['tp'])}; attention "
+                     f"{best['attention_share']:.0%} of the step)")
     return lines

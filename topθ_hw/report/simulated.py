@@ -12,7 +12,9 @@ MATCH = ["device", "context", "batch", "page_size", "bandwidth_scale", "sram_sca
 
 
 def study_frame(sources) -> pd.DataFrame:
-    return add_speedups(pd.concat([s.frame for s in sources], ignore_index=True))
+    """Attention-only points (whole-model points, with a ``model``, go to report/cost.py)."""
+    df = pd.concat([s.frame for s in sources], ignore_index=True)
+    return add_speedups(df[df["model"] == ""] if "model" in df else df)
 
 
 def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
@@ -153,6 +155,8 @@ def page_size_effect(sources, df: pd.DataFrame) -> Figure:
 def study_figures(sources) -> list[Figure]:
     """The figures the study's axes support: speedups need dense and a sparse method beside it."""
     df = study_frame(sources)
+    if df.empty:
+        return []
     figures = [cost_by_device(sources, df)]
     compared = df["speedup_vs_dense"].notna() & (df["engine_method"] != "dense")
     if df["context"].nunique() > 1 and compared.any():

@@ -110,7 +110,38 @@ class Dma:
 
 
 SECTIONS = {"compute": Compute, "memory": Memory, "kernel": Kernel, "energy": Energy}
-OPTIONAL_SECTIONS = {"dma": Dma}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Optional: what one device-hour costs (whole-model cost per token, topθ_hw/cost)."""
+    price_usd_per_hour: float = _spec("positive", "price of one device-hour (a cited public list price)")
+
+
+@dataclass(frozen=True)
+class Power:
+    """Optional: board power, the static part of the energy per token (topθ_hw/cost)."""
+    board_power_W: float = _spec("positive", "maximum board power (TDP)")
+    idle_power_W: float = _spec("positive", "board power while powered and idle")
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """Optional: device-to-device links of one node, for tensor-parallel all-reduce."""
+    allreduce_bus_GBps: float = _spec("positive", "all-reduce bus bandwidth per device (NCCL busbw convention)")
+    allreduce_latency_us: float = _spec("positive", "time of a small (latency-bound) all-reduce")
+    devices_per_node: int = _spec("count", "devices one node links directly")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Optional: whole-model step figures besides attention (GEMMs, launches; topθ_hw/cost)."""
+    matrix_efficiency_fraction: float = _spec("fraction", "achieved / peak matrix throughput of large GEMMs")
+    eager_dispatch_us: float = _spec("positive", "host time to dispatch one eager framework op (one kernel)")
+    graph_launch_gap_us: float = _spec("positive", "device time between two kernels replayed from a CUDA graph")
+
+
+OPTIONAL_SECTIONS = {"dma": Dma, "cost": Cost, "power": Power, "interconnect": Interconnect, "step": Step}
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,10 @@ class Device:
     build: Build | None  # GPUs: the split-KV kernel family's constants for this architecture
     sources: dict      # "section.key" -> source text ("build.key": the family file's)
     dma: "Dma | None" = None  # present: DMA-pipelined execution (dma.py)
+    cost: Cost | None = None                  # optional sections: None when the file has none
+    power: Power | None = None
+    interconnect: Interconnect | None = None
+    step: Step | None = None
 
     @property
     def stream_bandwidth_Bps(self) -> float:
@@ -185,6 +220,9 @@ def _device_from_dict(raw: dict, path: Path) -> Device:
                         f"architecture, references, {', '.join([*SECTIONS, *OPTIONAL_SECTIONS])}")
     architecture = raw["architecture"]
     sections, sources = {}, {}
+    bad = [s for s in OPTIONAL_SECTIONS if s in raw and not isinstance(raw[s], dict)]
+    if bad:
+        raise UserError(f"{path}: field '{bad[0]}' must be a table [{bad[0]}]")
     for section, cls in SECTIONS.items():
         table = raw.get(section)
         if not isinstance(table, dict):

@@ -56,6 +56,12 @@ def evaluate_point(task: dict) -> dict:
     from topθ_hw.sim.tiles import KernelOptions
 
     device = device_for(task)
+    row = {k: v for k, v in task.items() if k not in ("kernel", "method_spec", "device_numbers")}
+    row.update(hbm_bandwidth_GBps=device.memory.hbm_bandwidth_GBps,
+               sram_per_unit_KiB=device.compute.sram_per_unit_KiB)
+    if task.get("model"):  # a whole-model point (topθ_hw/cost)
+        from topθ_hw.cost.study import cost_point
+        return {**row, **{k: float("nan") for k in OUTPUTS}, **cost_point(task, device)}
     kernel = task["kernel"]
     build = KernelOptions(mask=task["mask"], block_keys=task["block_keys"], warps=task["warps"],
                           stages=task["stages"])
@@ -65,8 +71,5 @@ def evaluate_point(task: dict) -> dict:
                           kept_v_fraction=task["kept_v_fraction"], fetch=fetch_mode(task["page_size"]),
                           method=task["sim_method"], split_tokens=task["split_tokens"], kernel=build)
     out["kernel_label"] = out["kernel"]["label"]
-    row = {k: v for k, v in task.items() if k not in ("kernel", "method_spec", "device_numbers")}
-    row.update(hbm_bandwidth_GBps=device.memory.hbm_bandwidth_GBps,
-               sram_per_unit_KiB=device.compute.sram_per_unit_KiB)
     row.update({k: out[k] for k in OUTPUTS})
     return row

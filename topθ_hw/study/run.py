@@ -46,6 +46,13 @@ def validate(study_path) -> Study:
         except TraceError as exc:
             raise UserError(f"{study.path}: 'axes.trace' names {trace!r}: {exc}") from None
     preflight(study)
+    from topθ_hw.cost.models import load_model
+
+    for model in filter(None, study.axes["model"]):
+        try:
+            load_model(model)
+        except UserError as exc:
+            raise UserError(f"{study.path}: 'axes.model' names {model!r}: {exc}") from None
     return study
 
 

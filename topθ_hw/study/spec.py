@@ -55,7 +55,13 @@ AXES = {
     "warps": (int, [4]),
     "stages": (int, [0]),
     "split_tokens": (int, [512]),
+    # whole-model cost per token (topθ_hw/cost): "" = an attention-only point
+    "model": (str, [""]),
+    "tp": (int, [1]),
+    "graphs": (bool, [False]),
+    "phase": (str, ["decode"]),
 }
+PHASES = ("decode", "prefill")
 KERNEL_DEFAULTS = {"q_heads": 32, "kv_heads": 8, "head_dim": 128, "dtype": "bf16"}
 # Empty lists mean: the engine's defaults (calibrate on the first sequence, evaluate on the others;
 # every layer). ``layers`` restricts the replay, e.g. for a quick look.
@@ -178,7 +184,12 @@ def _axes(path, raw, methods, known_device) -> dict[str, list]:
 
 
 def _check_values(path, axes, methods, known_device) -> None:
-    for name in ("k", "context", "batch"):
+    bad = [v for v in axes["phase"] if v not in PHASES]
+    if bad:
+        raise UserError(f"{path}: 'axes.phase' has {bad}, expected values from {list(PHASES)}")
+    if axes["phase"] != ["decode"] and "" in axes["model"]:
+        raise UserError(f"{path}: 'axes.phase' prefill needs 'axes.model' (whole-model points) without \"\"")
+    for name in ("k", "context", "batch", "tp"):
         bad = [v for v in axes[name] if v < 1]
         if bad:
             raise UserError(f"{path}: 'axes.{name}' has {bad}, expected integers >= 1")
