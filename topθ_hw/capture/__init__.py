@@ -6,8 +6,20 @@ known short name, a GGUF file or a local Hugging Face directory offline. torch a
 transformers are imported only when these run.
 """
 
-from topθ_hw.capture.hook import capture
-from topθ_hw.capture.models import KNOWN_MODELS, load_model
-from topθ_hw.capture.run import capture_texts
 
 __all__ = ["capture_texts", "capture", "load_model", "KNOWN_MODELS"]
+
+# Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
+_LAZY = {
+    'capture': 'topθ_hw.capture.hook',
+    'KNOWN_MODELS': 'topθ_hw.capture.models',
+    'load_model': 'topθ_hw.capture.models',
+    'capture_texts': 'topθ_hw.capture.run',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

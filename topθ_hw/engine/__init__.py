@@ -5,9 +5,28 @@ Public entry points: :func:`replay_layer` (numpy arrays in, per-row/tile results
 (trace → :class:`ThresholdTable`), :data:`METHODS` (name → method class).
 """
 
-from topθ_hw.engine.methods import METHODS, AttentionMethod, Dense, ScoreBlock, Selection, TopK, TopTheta
-from topθ_hw.engine.replay import LayerResult, replay_layer
-from topθ_hw.engine.thresholds import ThresholdTable, load_thresholds
 
 __all__ = ["METHODS", "AttentionMethod", "Dense", "TopK", "TopTheta", "ScoreBlock", "Selection",
            "LayerResult", "replay_layer", "ThresholdTable", "load_thresholds"]
+
+# Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
+_LAZY = {
+    'METHODS': 'topθ_hw.engine.methods',
+    'AttentionMethod': 'topθ_hw.engine.methods',
+    'Dense': 'topθ_hw.engine.methods',
+    'ScoreBlock': 'topθ_hw.engine.methods',
+    'Selection': 'topθ_hw.engine.methods',
+    'TopK': 'topθ_hw.engine.methods',
+    'TopTheta': 'topθ_hw.engine.methods',
+    'LayerResult': 'topθ_hw.engine.replay',
+    'replay_layer': 'topθ_hw.engine.replay',
+    'ThresholdTable': 'topθ_hw.engine.thresholds',
+    'load_thresholds': 'topθ_hw.engine.thresholds',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,11 +6,29 @@ turn shapes or engine statistics into kernel passes; ``simulate_call`` / ``simul
 model of ``dma.py``; ``dma_kernel_for(device, block_keys=, buffers=)`` configures their kernel.
 """
 
-from topθ_hw.sim.dma_kernel import DmaKernel, dma_kernel_for
-from topθ_hw.sim.hardware import Device, known_devices, load_device
-from topθ_hw.sim.simulate import simulate_call, simulate_kernel
-from topθ_hw.sim.stats import simulate_stats, workload_from_stats
-from topθ_hw.sim.workload import decode_call, kernel_workload, prefill_call
 
 __all__ = ["Device", "DmaKernel", "dma_kernel_for", "known_devices", "load_device", "simulate_call", "simulate_kernel", "simulate_stats",
            "workload_from_stats", "decode_call", "kernel_workload", "prefill_call"]
+
+# Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
+_LAZY = {
+    'DmaKernel': 'topθ_hw.sim.dma_kernel',
+    'dma_kernel_for': 'topθ_hw.sim.dma_kernel',
+    'Device': 'topθ_hw.sim.hardware',
+    'known_devices': 'topθ_hw.sim.hardware',
+    'load_device': 'topθ_hw.sim.hardware',
+    'simulate_call': 'topθ_hw.sim.simulate',
+    'simulate_kernel': 'topθ_hw.sim.simulate',
+    'simulate_stats': 'topθ_hw.sim.stats',
+    'workload_from_stats': 'topθ_hw.sim.stats',
+    'decode_call': 'topθ_hw.sim.workload',
+    'kernel_workload': 'topθ_hw.sim.workload',
+    'prefill_call': 'topθ_hw.sim.workload',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,9 +4,25 @@ Format documented in ``traces/README.md``. Write with :class:`TraceWriter`, read
 :func:`open_trace`.
 """
 
-from topθ_hw.store.meta import SequenceInfo, TraceMeta
-from topθ_hw.store.reader import LayerQKV, SequenceReader, Trace, open_trace
-from topθ_hw.store.writer import SequenceWriter, TraceWriter
 
 __all__ = ["TraceMeta", "SequenceInfo", "TraceWriter", "SequenceWriter", "open_trace", "Trace",
            "SequenceReader", "LayerQKV"]
+
+# Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
+_LAZY = {
+    'SequenceInfo': 'topθ_hw.store.meta',
+    'TraceMeta': 'topθ_hw.store.meta',
+    'LayerQKV': 'topθ_hw.store.reader',
+    'SequenceReader': 'topθ_hw.store.reader',
+    'Trace': 'topθ_hw.store.reader',
+    'open_trace': 'topθ_hw.store.reader',
+    'SequenceWriter': 'topθ_hw.store.writer',
+    'TraceWriter': 'topθ_hw.store.writer',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
