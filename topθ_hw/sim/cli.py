@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--split-tokens", type=int, default=512, help="keys per split-KV work item (default 512)")
     p.add_argument("--batch-sequences", action="store_true",
                    help="decode the trace's sequences as one batch (same-numbered steps together)")
+    add_kernel_arguments(p)
     p.set_defaults(func=simulate_handler)
 
     k = subparsers.add_parser(
@@ -88,11 +89,18 @@ def simulate_handler(args: argparse.Namespace) -> int:
     from topθ_hw.sim.stats import sim_results_meta, simulate_stats
     from topθ_hw.tables import read_table, write_table
 
+    from topθ_hw.errors import UserError
+
     device = load_device(args.hardware)
+    kernel = kernel_options(args, device)
+    block = getattr(kernel, "block_keys", 64)
+    if args.split_tokens < block or args.split_tokens % block:
+        raise UserError(f"--split-tokens {args.split_tokens}: must be a positive multiple of --block-keys {block}")
     df, meta = read_table(args.stats, kind="engine-stats")
     frame = simulate_stats(df, meta, device, fetch=args.fetch, split_tokens=args.split_tokens,
-                           batch_sequences=args.batch_sequences, progress=True)
-    out_meta = sim_results_meta(device, meta, args.stats, args.fetch, args.split_tokens, args.batch_sequences)
+                           batch_sequences=args.batch_sequences, progress=True, kernel=kernel)
+    out_meta = sim_results_meta(device, meta, args.stats, args.fetch, args.split_tokens, args.batch_sequences,
+                                kernel=kernel)
     write_table(frame, args.out, out_meta)
     steps = frame[(frame["scope"] == "step") & (frame["phase"] == "decode")]
     print(f"{args.out}: {int((frame['scope'] == 'layer').sum())} layer rows, {len(steps)} decode steps on "

@@ -54,8 +54,8 @@ def sim_results_meta(device: Device, stats_meta: dict, stats_path, fetch: str = 
 def kernel_label(device: Device, kernel: KernelOptions, split_tokens: int) -> str:
     """Which decode kernel the simulated numbers assume, in words."""
     if device.dma is not None:
-        from topθ_hw.sim.dma_kernel import dma_kernel_for
-        return dma_kernel_for(device).label
+        from topθ_hw.sim.dma_kernel import DmaKernel, dma_kernel_for
+        return (kernel if isinstance(kernel, DmaKernel) else dma_kernel_for(device)).label
     from topθ_hw.sim.simulate import kernel_description
     return kernel_description(kernel, split_tokens, "toptheta")["label"]
 
