@@ -40,30 +40,46 @@ def table(rows: list[dict], device) -> list[dict]:
     return out
 
 
-def speedups(result: list[dict]) -> list[str]:
+def speedup_rows(result: list[dict]) -> list[dict]:
     """Top-θ end-to-end speedup over SDPA dense at each decode point: measured and predicted."""
-    lines, by = [], {}
-    for r in result:
-        by[(r["model"], r["batch"], r["context"], r["graphs"], r["attention"] == "sdpa")] = r
+    by = {(r["model"], r["batch"], r["context"], r["graphs"], r["attention"] == "sdpa"): r
+          for r in result if r["phase"] == "decode"}
+    out = []
     for (m, b, n, g, dense), r in sorted(by.items()):
         if dense or (m, b, n, g, True) not in by:
             continue
         d = by[(m, b, n, g, True)]
         meas, pred = d["measured_ms"] / r["measured_ms"], d["predicted_ms"] / r["predicted_ms"]
-        lines.append(f"| {m} | {b} | {n} | {g} | {meas:.3f} | {pred:.3f} | {pred / meas - 1:+.1%} |")
-    return lines
+        out.append({"model": m, "batch": b, "context": n, "graphs": g, "measured": meas, "predicted": pred,
+                    "error": pred / meas - 1})
+    return out
+
+
+def groups(result: list[dict]) -> dict[str, list[dict]]:
+    """The points by kind: decode eager, decode with CUDA graphs, prefill."""
+    return {"decode eager": [r for r in result if r["phase"] == "decode" and r["graphs"] != "True"],
+            "decode CUDA graphs": [r for r in result if r["phase"] == "decode" and r["graphs"] == "True"],
+            "prefill": [r for r in result if r["phase"] == "prefill"]}
+
+
+def summary(rows: list[dict]) -> str:
+    errors = [abs(r["error"]) for r in rows]
+    return f"{len(rows)} points: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}"
 
 
 def report(result: list[dict], micro: list[dict], device) -> str:
-    errors = [abs(r["error"]) for r in result]
     lines = ["| model | phase | B | N / prompt | attention | graphs | measured ms | predicted ms | error | kernels "
              "measured / modelled |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['phase']} | {r['batch']} | {r['context']} | {r['attention']} | {r['graphs']} | "
               f"{r['measured_ms']:.3f} | {r['predicted_ms']:.3f} | {r['error']:+.1%} | "
               f"{r['kernels_measured'] or '-'} / {r['kernels_modelled']} |" for r in result]
-    lines += ["", f"{len(result)} points: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}", "",
-              "| model | B | N | graphs | Top-θ speedup measured | predicted | error |", "|---|---|---|---|---|---|---|"]
-    lines += speedups(result)
+    lines += ["", f"All: {summary(result)}"] + [f"- {kind}: {summary(rows)}" for kind, rows in groups(result).items()]
+    speed = speedup_rows(result)
+    lines += ["", "| model | B | N | graphs | Top-θ speedup measured | predicted | error |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {s['model']} | {s['batch']} | {s['context']} | {s['graphs']} | {s['measured']:.3f} | "
+              f"{s['predicted']:.3f} | {s['error']:+.1%} |" for s in speed]
+    for graphs, label in (("True", "CUDA graphs"), ("False", "eager")):
+        lines += ["", f"Top-θ speedup, {label}: {summary([s for s in speed if s['graphs'] == graphs])}"]
     powered = [r for r in result if r["power_measured_W"] not in ("", None)]
     if powered:
         lines += ["", "| model | B | N | attention | board power measured W | modelled W (idle + dynamic) |",
@@ -76,8 +92,10 @@ def report(result: list[dict], micro: list[dict], device) -> str:
               + {"gemm_8192_bf16_tflops": f"{device.compute.matrix_TFLOPS * step.matrix_efficiency_fraction:.4g} "
                                           "(matrix_TFLOPS × step.matrix_efficiency_fraction)",
                  "eager_dispatch_us": f"{step.eager_dispatch_us:g} (step.eager_dispatch_us)",
-                 "graph_kernel_us": f"{step.graph_launch_gap_us:g} (step.graph_launch_gap_us, gap only)"}.get(
-                  m["bench"], f"{device.stream_bandwidth_Bps / 1e9:.0f} GB/s streaming") + " |" for m in micro]
+                 "graph_kernel_us": f"{step.graph_launch_gap_us + device.memory.hbm_latency_ns / 1e3:.4g} "
+                                    "(step.graph_launch_gap_us + memory.hbm_latency_ns)"}.get(
+                  m["bench"], f"{device.memory.hbm_bandwidth_GBps * step.gemv_bandwidth_fraction:.0f} GB/s "
+                              "(hbm_bandwidth_GBps × step.gemv_bandwidth_fraction)") + " |" for m in micro]
     return "\n".join(lines) + "\n"
 
 

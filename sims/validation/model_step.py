@@ -224,14 +224,18 @@ def time_it(fn, repeats, warmup=2):
     return float(t.median()), float(t.quantile(0.1)), float(t.quantile(0.9))
 
 
+KERNEL_NAMES = {}  # "model attention N=…" → {kernel name: launches} of one B=1 eager step (provenance)
+
+
 def count_kernels(fn):
-    """CUDA kernels one call launches (torch profiler)."""
+    """{kernel name: launches} of one call (torch profiler; copies and memsets left out)."""
+    from collections import Counter
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
-               and "Memset" not in e.name)
+    return Counter(e.name for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
+                   and "Memset" not in e.name)
 
 
 def micro_benches(device):
@@ -301,7 +305,10 @@ def decode_points(model, name, batch, context, args, gen, log):
         with torch.cuda.graph(graph):
             step()
         replay = time_it(graph.replay, args.repeats)
-        kernels = count_kernels(step) if batch == 1 else ""
+        kernels = ""
+        if batch == 1:  # the names say which ops the cost model's op list misses, if any
+            names = KERNEL_NAMES[f"{name} {attention} N={context}"] = dict(count_kernels(step))
+            kernels = sum(names.values())
         power = board_power_W(graph.replay, replay[0]) if batch >= 16 else ""
         for graphs, t in ((False, eager), (True, replay)):
             rows.append({"model": name, "phase": "decode", "batch": batch, "context": context, "prompt_tokens": "",
@@ -347,7 +354,7 @@ def provenance(args, skipped, micro, started):
             "total_memory_bytes": props.total_memory, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "triton": triton.__version__, "python": sys.version.split()[0], "seed": args.seed,
             "models": {n: load_shape(n) for n in MODEL_NAMES}, "kept_v_fraction_toptheta": KEPT_FRACTION,
-            "skipped": skipped, "micro": micro,
+            "skipped": skipped, "micro": micro, "kernel_names_b1": KERNEL_NAMES,
             "timing": "CUDA events around each whole step (eager: host launch delays included); median of "
                       "--repeats after 2 warm-ups; random bf16 weights and K/V (shapes only)"}
 

@@ -1,8 +1,9 @@
 """The operators of one decoder step on one tensor-parallel device, besides attention: plain data.
 
 The list follows a plain PyTorch decoder, op by op, as ``sims/validation/model_step.py`` runs it
-(one kernel per op unless ``kernels`` says otherwise): RMSNorm, fused QKV projection (bias in the
-epilogue), RoPE on q and k (3 kernels each: cast, complex multiply, cast back), K/V cache append
+(one kernel per op unless ``kernels`` says otherwise): the rotation table once per step (4), then per
+layer RMSNorm (one fused kernel on CUDA), fused QKV projection (bias in the epilogue), RoPE on q and k
+in fp32 (3 kernels each: cast, complex multiply, cast back), K/V cache append
 (2), attention (timed by the attention model), output projection, all-reduce (tensor parallel),
 residual add, RMSNorm, fused gate+up projection, SiLU and multiply (2), down projection,
 all-reduce, residual add; then the final norm, the LM head on each sequence's last position, and
@@ -57,6 +58,21 @@ def elementwise(name: str, elements_in: float, elements_out: float, kernels: int
               vector_flops=flops_per_element * elements_out, kernels=kernels)
 
 
+def rope(elements: float) -> Op:
+    """RoPE on q and k as model_step.py runs it, in fp32 (3 kernels each: cast up, complex multiply,
+    cast back): 2+4, 4+4 and 4+2 bytes per element (the rotation table is shared by every layer)."""
+    return Op("rope", "elementwise", bytes=20.0 * elements, vector_flops=6.0 * elements, kernels=6)
+
+
+def rotations(positions: int, head_dim: int) -> Op:
+    """The step's rotation table e^(i·pos·f) [positions, d/2], once per step (4 kernels): positions
+    to fp32 (8 + 4 bytes a position), times the frequencies (4 + 4 an entry), ones_like (4), polar
+    (8 + 8)."""
+    entries = positions * head_dim / 2
+    return Op("rotations", "elementwise", bytes=12.0 * positions + 28.0 * entries, vector_flops=4.0 * entries,
+              kernels=4)
+
+
 def allreduce(name: str, rows: int, width: int, tp: int) -> list[Op]:
     payload = BF16 * rows * width
     return [Op(name, "allreduce", comm_bytes=payload, bytes=2 * payload, devices=tp)] if tp > 1 else []
@@ -70,7 +86,7 @@ def layer_ops(model: ModelShape, tokens: int, tp: int) -> tuple[list[Op], list[O
     extra_norms = model.norms_per_layer - 2
     before = [elementwise("norm", tokens * h, tokens * h, flops_per_element=4),
               gemm("qkv_proj", tokens, h, q + 2 * kv),
-              elementwise("rope", 2 * tokens * (q + kv), tokens * (q + kv), kernels=6, flops_per_element=6),
+              rope(tokens * (q + kv)),
               elementwise("kv_append", tokens * 2 * kv, tokens * 2 * kv, kernels=2)]
     after = [gemm("o_proj", tokens, q, h), *allreduce("allreduce_attn", tokens, h, tp),
              elementwise("residual_add", 2 * tokens * h, tokens * h),
@@ -90,7 +106,8 @@ def layer_ops(model: ModelShape, tokens: int, tp: int) -> tuple[list[Op], list[O
 def model_head_ops(model: ModelShape, tokens: int, sequences: int, tp: int) -> tuple[list[Op], list[Op]]:
     """(embedding lookup, final norm + LM head + argmax): logits for each sequence's last token."""
     h, vocab = model.hidden_size, -(-model.vocab_size // tp)
-    first = [elementwise("embed", tokens * h, tokens * h, flops_per_element=0)]
+    first = [elementwise("embed", tokens * h, tokens * h, flops_per_element=0),
+             rotations(tokens // sequences, model.head_dim)]
     last = [elementwise("final_norm", sequences * h, sequences * h, flops_per_element=4),
             gemm("lm_head", sequences, h, vocab),
             *allreduce("gather_logits", sequences, vocab, tp),

@@ -2,8 +2,9 @@
 device of a tensor-parallel group: time by operator, the Amdahl split, bytes, FLOPs and energy.
 
 Times per operator (named formulas; every figure from the device file):
-- GEMM: max(bytes / (HBM peak × memory.stream_efficiency_fraction),
-            FLOPs / (matrix peak × step.matrix_efficiency_fraction)) + memory.hbm_latency_ns;
+- GEMM: max(bytes / (HBM peak × step.gemv_bandwidth_fraction),
+            FLOPs / (matrix peak × step.matrix_efficiency_fraction)) + memory.hbm_latency_ns
+  (weight-streaming GEMMs reach less than a plain read: the H200 measures 0.62 of peak, not 0.95);
 - elementwise: max(bytes / streaming bandwidth, FLOPs / vector peak) + memory.hbm_latency_ns;
 - all-reduce: interconnect.allreduce_latency_us + payload × 2(n − 1)/n / interconnect.allreduce_bus_GBps;
 - attention: the attention model (``cost.attention``), less its own launch share.
@@ -69,7 +70,9 @@ def op_time_s(op: Op, device: Device) -> float:
     if op.kind == "allreduce":
         link = device.interconnect
         return link.allreduce_latency_us * 1e-6 + op.comm_bytes * 2 * (1 - 1 / op.devices) / (link.allreduce_bus_GBps * 1e9)
-    memory = op.bytes / device.stream_bandwidth_Bps
+    bandwidth = device.memory.hbm_bandwidth_GBps * 1e9 * device.step.gemv_bandwidth_fraction if op.kind == "gemm" \
+        else device.stream_bandwidth_Bps
+    memory = op.bytes / bandwidth
     matrix = op.matrix_flops / (device.compute.matrix_TFLOPS * 1e12 * device.step.matrix_efficiency_fraction)
     vector = op.vector_flops / (device.compute.vector_TFLOPS * 1e12)
     return max(memory, matrix, vector) + device.memory.hbm_latency_ns * 1e-9

@@ -139,6 +139,8 @@ class Step:
     matrix_efficiency_fraction: float = _spec("fraction", "achieved / peak matrix throughput of large GEMMs")
     eager_dispatch_us: float = _spec("positive", "host time to dispatch one eager framework op (one kernel)")
     graph_launch_gap_us: float = _spec("positive", "device time between two kernels replayed from a CUDA graph")
+    gemv_bandwidth_fraction: float = _spec("fraction", "achieved / peak HBM bandwidth of weight-streaming GEMMs "
+                                                       "(decode-shaped: a few rows times a large weight)")
 
 
 OPTIONAL_SECTIONS = {"dma": Dma, "cost": Cost, "power": Power, "interconnect": Interconnect, "step": Step}
