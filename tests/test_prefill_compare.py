@@ -93,7 +93,7 @@ def test_fit_uses_only_the_dense_and_theta_minus_inf_rows(h200_measured):
 
 
 def test_fitted_model_predicts_held_out_clustered_rows(h200, h200_measured):
-    """PREFILL.md: held-out clustered rows at BLOCK_M 64 within 31 % in time and 18 % in speedup over
+    """PREFILL.md: held-out clustered rows at BLOCK_M 64 within 12 % in time and 21 % in speedup over
     dense Triton. Re-predicted here with the shipped h200 build (batch 1, context 4096 and 8192)."""
     measured, occupancy = h200_measured
     subset = measured[(measured.batch == 1) & measured.context.isin([4096, 8192]) & (measured.block_m == 64)
@@ -102,8 +102,8 @@ def test_fitted_model_predicts_held_out_clustered_rows(h200, h200_measured):
     table = compare(subset, occupancy, h200)
     held_out = table[table.kernel == "threshold"]
     assert len(held_out) == 4
-    assert held_out.error.abs().max() <= 0.31
+    assert held_out.error.abs().max() <= 0.12
     speedup_error = held_out.speedup_predicted / held_out.speedup_measured - 1
-    assert speedup_error.abs().max() <= 0.18
+    assert speedup_error.abs().max() <= 0.21
     committed = pd.read_csv(H200_PREFILL / "prefill_comparison_fitted.csv").loc[held_out.index]
     assert np.allclose(held_out.predicted_s, committed.predicted_s, rtol=2e-3)

@@ -171,9 +171,19 @@ def item_arrays(p: Pass, device: Device, kernel: KernelOptions) -> dict:
     v_tiles = tiles * (1 - (1 - np.clip(v_frac64, 0, 1)) ** per_block)
     other = sum(p.bytes[k] for k in BYTE_KINDS if k not in ("k", "v")).astype(float)
     channel = other + p.bytes["k"] + p.bytes["v"] + p.runs * device.gather_overhead_bytes
-    return {"channel": channel, "k": p.bytes["k"] + other, "v": p.bytes["v"].astype(float), "tiles": tiles,
-            "v_tiles": v_tiles, "flops": p.matrix_flops / np.maximum(tiles, 1),
-            "vflops": p.vector_flops / np.maximum(tiles, 1)}
+    a = {"channel": channel, "k": p.bytes["k"] + other, "v": p.bytes["v"].astype(float), "tiles": tiles,
+         "v_tiles": v_tiles, "flops": p.matrix_flops / np.maximum(tiles, 1),
+         "vflops": p.vector_flops / np.maximum(tiles, 1)}
+    heads = prefill_programs(p)
+    if heads > 1:  # one program per query head; the group's K/V reads beyond the first are L2 hits
+        a = {k: np.repeat(v if k in ("tiles", "v_tiles") else v / heads, heads) for k, v in a.items()}
+    return a
+
+
+def prefill_programs(p: Pass) -> int:
+    """Programs a prefill work item (64 query rows × the KV group's G heads) runs as: one per query
+    head (sims/validation/prefill_kernels.py); 1 for every other pass."""
+    return max(1, p.matrix_rows // TILE) if p.name == "prefill_tiled" else 1
 
 
 def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_rows: int,
@@ -260,8 +270,10 @@ def plan_for(key, base: TileWork, device, kernel, p: Pass, slots: int, u: UnitPa
     n, channel, k, v, tiles, v_tiles, flops, vflops = key
     if p.name == "prefill_tiled":  # QK^T on every tile, P·V on those reading V: per tile (1 + v share) QK^T
         qk = flops / n / (1 + v_tiles / max(tiles, 1))
-        (compute, skip, matrix), extra = prefill_tile_compute_ns(device, kernel, base.mask, p.matrix_rows, qk,
-                                                                 vflops / n), 0.0
+        heads = prefill_programs(p)  # a program does its head's share of the group tile's work
+        times, extra = prefill_tile_compute_ns(device, kernel, base.mask, p.matrix_rows, qk * heads,
+                                               vflops / n * heads), 0.0
+        compute, skip, matrix = (t / heads for t in times)
     else:
         matrix = 0.0
         compute, extra = tile_compute_ns(device, kernel, base.mask, p.matrix_rows, flops / n, vflops / n,
