@@ -2,12 +2,18 @@
 
     PYTHONPATH=. .venv/bin/python sims/validation/compare_prefill.py --measured DIR [--hardware h200]
     PYTHONPATH=. .venv/bin/python sims/validation/compare_prefill.py --blind FILE   # before any timing
+    PYTHONPATH=. .venv/bin/python sims/validation/compare_prefill.py --measured DIR --fit   # fit, then predict
 
 DIR holds prefill_bench.py's prefill_attention.csv and prefill_occupancy.npz. Every row is
 predicted from the tile occupancy the kernel itself counted (topθ_hw/sim/prefill.py): the dense
 and SDPA rows as the dense tiled kernel, the threshold rows as the tile-skipping Top-θ kernel.
 Writes DIR/prefill_comparison.csv and prints it as a markdown table. The speedups compare each
 threshold row with the dense Triton kernel at the same BLOCK_M, measured and predicted.
+
+--fit fits the two prefill constants of the kernel build (sims/kernels/triton-splitkv.toml) by
+golden-section search: the matrix efficiency on the dense Triton rows only, then the threshold
+kernel's tile ratio on the θ = −inf threshold rows only (pattern 'dense'); the clustered and
+scattered rows are held out. Writes DIR/prefill_comparison_fitted.csv.
 
 --blind predicts prefill_bench.py's default grid from occupancy known without a GPU: the planted
 clustered patterns (prefill_inputs.clustered_patterns, same seed) and, for scattered masks, every
@@ -95,6 +101,37 @@ def blind_predictions(device, batches=(1, 2, 4), contexts=(4096, 8192, 16384), f
     return pd.DataFrame(rows)
 
 
+FIT_RANGES = {"build.prefill_matrix_efficiency": (0.1, 1.0), "build.prefill_threshold_tile_ratio": (1.0, 3.0)}
+
+
+def fit_rows(measured: pd.DataFrame) -> dict:
+    """The rows that decide each prefill build constant: the dense Triton kernel for the matrix
+    efficiency, the threshold kernel at θ = −inf (every tile kept) for its ratio; the rest is held out."""
+    return {"build.prefill_matrix_efficiency": measured[measured.kernel == "dense"],
+            "build.prefill_threshold_tile_ratio": measured[(measured.kernel == "threshold")
+                                                            & (measured.pattern == "dense")]}
+
+
+def fit_build(measured: pd.DataFrame, occupancy, device) -> dict:
+    """Golden-section search per constant, in order, on the mean squared log error of its rows."""
+    from topθ_hw.sim.calibrate import with_values
+    from topθ_hw.sim.crossval import golden_section
+    values = {}
+    for key, rows in fit_rows(measured).items():
+        def loss(x, key=key, rows=rows):
+            predicted = predict_rows(rows, occupancy, with_values(device, {**values, key: x}))
+            return float(np.mean(np.log(predicted / rows.time_s) ** 2))
+        values[key] = golden_section(loss, *FIT_RANGES[key], tolerance=0.002)
+    return values
+
+
+def fit_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """|error| per (kernel, pattern, BLOCK_M), with whether the rows were fitted or held out."""
+    fitted = table.kernel.eq("dense") | (table.kernel.eq("threshold") & table.pattern.eq("dense"))
+    groups = table.assign(abs_error=table.error.abs(), rows=np.where(fitted, "fitted", "held out"))
+    return groups.groupby(["rows", "kernel", "pattern", "block_m"]).abs_error.agg(["count", "median", "max"]).reset_index()
+
+
 def markdown(table: pd.DataFrame) -> str:
     cols = ["kernel", "block_m", "batch", "context", "pattern", "target_fraction", "kept_fraction",
             "nonempty_tile_fraction", "time_s", "predicted_s", "error", "speedup_measured", "speedup_predicted"]
@@ -111,7 +148,10 @@ def main(argv=None) -> int:
     p.add_argument("--measured", type=Path, help="folder with prefill_attention.csv and prefill_occupancy.npz")
     p.add_argument("--blind", type=Path, help="write predictions for prefill_bench.py's default grid to this CSV")
     p.add_argument("--hardware", default="h200", help="device name or TOML path (default h200)")
-    p.add_argument("--out", type=Path, help="comparison CSV (default MEASURED/prefill_comparison.csv)")
+    p.add_argument("--out", type=Path, help="comparison CSV (default MEASURED/prefill_comparison.csv, "
+                   "with --fit MEASURED/prefill_comparison_fitted.csv)")
+    p.add_argument("--fit", action="store_true", help="fit the prefill build constants (matrix efficiency on the "
+                   "dense Triton rows, threshold ratio on the θ = −inf rows), print them, predict every row with them")
     args = p.parse_args(argv)
     if args.blind:
         table = blind_predictions(load_device(args.hardware))
@@ -129,15 +169,23 @@ def main(argv=None) -> int:
                 raise UserError(f"--measured: {path} does not exist (run prefill_bench.py --out {args.measured})")
         with np.load(npz_path) as data:
             occupancy = {k: data[k] for k in data.files}
-        table = compare(pd.read_csv(csv_path), occupancy, load_device(args.hardware))
+        measured, device = pd.read_csv(csv_path), load_device(args.hardware)
+        if args.fit:
+            from topθ_hw.sim.calibrate import with_values
+            fitted = fit_build(measured, occupancy, device)
+            device = with_values(device, fitted)
+        table = compare(measured, occupancy, device)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or args.measured / "prefill_comparison.csv"
+    out = args.out or args.measured / ("prefill_comparison_fitted.csv" if args.fit else "prefill_comparison.csv")
     tmp = out.with_suffix(".tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(out)
     print(markdown(table))
+    if args.fit:
+        print("\n".join(f"{key} = {value:.4g}" for key, value in fitted.items()))
+        print(fit_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

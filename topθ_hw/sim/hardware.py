@@ -90,6 +90,10 @@ class Build:
                                                      "as a fraction of one that reads V")
     threshold_page_union_ns: float = _spec("nonnegative", "threshold kernel fetching whole pages: further compute "
                                                           "per 64 keys of the any-over-the-page reduction")
+    prefill_matrix_efficiency: float = _spec("fraction", "causal prefill kernel: achieved / peak tensor-core "
+                                                         "throughput of its per-tile matrix work")
+    prefill_threshold_tile_ratio: float = _spec("positive", "threshold prefill kernel: compute of a tile that reads "
+                                                            "V, as a multiple of the dense prefill kernel's")
 
 
 @dataclass(frozen=True)

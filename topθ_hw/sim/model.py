@@ -171,17 +171,27 @@ def item_arrays(p: Pass, device: Device, kernel: KernelOptions) -> dict:
     v_tiles = tiles * (1 - (1 - np.clip(v_frac64, 0, 1)) ** per_block)
     other = sum(p.bytes[k] for k in BYTE_KINDS if k not in ("k", "v")).astype(float)
     channel = other + p.bytes["k"] + p.bytes["v"] + p.runs * device.gather_overhead_bytes
-    return {"channel": channel, "k": p.bytes["k"] + other, "v": p.bytes["v"].astype(float), "tiles": tiles,
-            "v_tiles": v_tiles, "flops": p.matrix_flops / np.maximum(tiles, 1),
-            "vflops": p.vector_flops / np.maximum(tiles, 1)}
+    a = {"channel": channel, "k": p.bytes["k"] + other, "v": p.bytes["v"].astype(float), "tiles": tiles,
+         "v_tiles": v_tiles, "flops": p.matrix_flops / np.maximum(tiles, 1),
+         "vflops": p.vector_flops / np.maximum(tiles, 1)}
+    heads = prefill_programs(p)
+    if heads > 1:  # one program per query head; the group's K/V reads beyond the first are L2 hits
+        a = {k: np.repeat(v if k in ("tiles", "v_tiles") else v / heads, heads) for k, v in a.items()}
+    return a
+
+
+def prefill_programs(p: Pass) -> int:
+    """Programs a prefill work item (64 query rows × the KV group's G heads) runs as: one per query
+    head (sims/validation/prefill_kernels.py); 1 for every other pass."""
+    return max(1, p.matrix_rows // TILE) if p.name == "prefill_tiled" else 1
 
 
 def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_rows: int,
                     flops_per_tile: float, vector_flops_per_tile: float, row_mask: bool,
-                    paged: bool = False) -> tuple[float, float]:
+                    paged: bool = False, matrix_efficiency: float = 1.0) -> tuple[float, float]:
     """(compute per tile alone on an SM, extra latency per tile): the kernel build's per-tile time
     (64-key or 128-key tiles; 256-key tiles as two 128-key ones), plus the matrix work beyond the
-    decode reference (16 padded rows) when there is more."""
+    decode reference (16 padded rows) when there is more, at ``matrix_efficiency`` of peak."""
     k, c = device.build, device.compute
     wide = kernel.block_keys > TILE
     base = {"none": (k.tile_compute_ns, k.wide_tile_compute_ns),
@@ -195,8 +205,27 @@ def tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_row
     pad = math.ceil(rows / c.matrix_min_rows) * c.matrix_min_rows / max(1, matrix_rows)
     reference = 4.0 * c.matrix_min_rows * kernel.block_keys * 128  # 16 rows, d = 128: what base was measured on
     unit_matrix = c.matrix_TFLOPS * 1e3 / c.units
-    beyond = max(0.0, flops_per_tile * pad - reference) / unit_matrix
+    beyond = max(0.0, flops_per_tile * pad - reference) / (unit_matrix * matrix_efficiency)
     return base + beyond + vector_flops_per_tile / (c.vector_TFLOPS * 1e3 / c.units), extra
+
+
+def prefill_tile_compute_ns(device: Device, kernel: KernelOptions, mask: str, matrix_rows: int,
+                            qk_flops_per_tile: float, vector_flops_per_tile: float) -> tuple[float, float, float]:
+    """(compute of a tile that reads V, of one that skips it, tensor-core part of the first) in a
+    causal prefill pass, alone on an SM.
+
+    The matrix work runs at the build's prefill efficiency. A dense tile does QK^T and P·V; the
+    threshold kernel's tile that reads V costs that times the build's threshold ratio (compare,
+    block reduction, branch, V not prefetched: PREFILL.md); a tile it skips does QK^T only."""
+    k = device.build
+    def at(flops):
+        return tile_compute_ns(device, kernel, "none", matrix_rows, flops, vector_flops_per_tile, False,
+                               matrix_efficiency=k.prefill_matrix_efficiency)[0]
+    full, matrix = at(2.0 * qk_flops_per_tile), at(2.0 * qk_flops_per_tile) - at(0.0)
+    if mask != "threshold":
+        return full, full, matrix
+    ratio = k.prefill_threshold_tile_ratio
+    return full * ratio, at(qk_flops_per_tile), matrix * ratio
 
 
 def unit_groups(p: Pass, device: Device, kernel: KernelOptions, slots_per_unit: int) -> list:
@@ -239,12 +268,20 @@ def unit_plans(p: Pass, device: Device, kernel: KernelOptions, row_bytes: int) -
 
 def plan_for(key, base: TileWork, device, kernel, p: Pass, slots: int, u: UnitParams) -> UnitPlan:
     n, channel, k, v, tiles, v_tiles, flops, vflops = key
-    compute, extra = tile_compute_ns(device, kernel, base.mask, p.matrix_rows, flops / n, vflops / n,
-                                     base.mask == "precomputed" and p.fetch_tokens == 1, p.fetch_tokens > 1)
+    if p.name == "prefill_tiled":  # QK^T on every tile, P·V on those reading V: per tile (1 + v share) QK^T
+        qk = flops / n / (1 + v_tiles / max(tiles, 1))
+        heads = prefill_programs(p)  # a program does its head's share of the group tile's work
+        times, extra = prefill_tile_compute_ns(device, kernel, base.mask, p.matrix_rows, qk * heads,
+                                               vflops / n * heads), 0.0
+        compute, skip, matrix = (t / heads for t in times)
+    else:
+        matrix = 0.0
+        compute, extra = tile_compute_ns(device, kernel, base.mask, p.matrix_rows, flops / n, vflops / n,
+                                         base.mask == "precomputed" and p.fetch_tokens == 1, p.fetch_tokens > 1)
+        skip = compute * device.build.skipped_tile_fraction
     w = replace(base, tiles=tiles / n, k_bytes=k / max(tiles, 1),
                 v_bytes=v / v_tiles if v_tiles > 0 else 0.0, v_fraction=v_tiles / max(tiles, 1),
-                compute_ns=compute, extra_latency_ns=extra,
-                skip_compute_ns=compute * device.build.skipped_tile_fraction)
+                compute_ns=compute, extra_latency_ns=extra, skip_compute_ns=skip, matrix_ns=matrix)
     if base.mask == "none" and not base.fa2:
         w = replace(w, v_fraction=1.0, v_bytes=v / max(tiles, 1))
     first = min(n, slots)

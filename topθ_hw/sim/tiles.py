@@ -23,7 +23,8 @@ product (``skip_compute_ns``).
 
 Co-resident CTAs on one SM share its issue slots: a fraction ``issue_fraction`` of the compute is
 issue work that stretches by ``issue_contention`` per further CTA in its tile loop; the rest is
-latency that other CTAs hide. Bytes move at most at ``unit_bandwidth`` per CTA; the DRAM pool
+latency that other CTAs hide. A prefill tile's tensor-core work (``matrix_ns``) is the SM's one
+matrix unit: co-resident CTAs in their loops queue for it, so it adds up over them. Bytes move at most at ``unit_bandwidth`` per CTA; the DRAM pool
 (SimPy, model.py) shares the device bandwidth among the SMs.
 
 FlashAttention-2 (torch SDPA's flash backend) prefetches the next K/V tile before computing on the
@@ -97,6 +98,7 @@ class TileWork:
     stages: int
     fa2: bool = False
     skip_compute_ns: float = 0.0  # threshold kernel: compute of a tile that needs no V
+    matrix_ns: float = 0.0    # part of compute_ns on the SM's tensor cores, which co-resident CTAs queue for (prefill)
 
     @property
     def bytes_per_tile(self) -> float:
@@ -116,7 +118,7 @@ class UnitParams:
 
 def tile_ns(w: TileWork, u: UnitParams, issue_ns: float) -> float:
     """One CTA's time per tile when its issue work takes ``issue_ns`` (its own plus waiting)."""
-    latency_part = (1 - u.issue_fraction) * w.compute_ns + w.extra_latency_ns
+    latency_part = (1 - u.issue_fraction) * (w.compute_ns - w.matrix_ns) + w.extra_latency_ns
     busy = issue_ns + latency_part
     k_in = u.dram_ns + w.k_bytes / u.rate
     if w.fa2:
@@ -139,7 +141,8 @@ def tile_ns(w: TileWork, u: UnitParams, issue_ns: float) -> float:
 
 def contended_tile_ns(w: TileWork, u: UnitParams, looping: float) -> float:
     """Per-tile time of one CTA with ``looping`` CTAs (itself included) in their tile loops on its SM."""
-    issue = u.issue_fraction * w.compute_ns * (1 + u.issue_contention * max(0.0, looping - 1))
+    own = u.issue_fraction * (w.compute_ns - w.matrix_ns) * (1 + u.issue_contention * max(0.0, looping - 1))
+    issue = own + w.matrix_ns * max(1.0, looping)
     return tile_ns(w, u, issue)
 
 
