@@ -134,10 +134,13 @@ def _calibrate(trace, sequences, k, layer_k, placement, sigma, progress) -> Thre
     meta = trace.meta
     if placement not in ("pre", "post"):
         raise UserError(f"--placement: {placement!r} is not 'pre' or 'post'")
+    if not sequences:
+        raise UserError(f"{trace.path}: no calibration sequences (complete: {trace.sequences}, "
+                        f"incomplete: {trace.partial_sequences})")
+    if len(set(sequences)) != len(sequences):
+        raise UserError(f"--sequences {list(sequences)} repeats a sequence; expected each once")
     if not np.isfinite(sigma):
         raise UserError(f"--sigma must be finite, got {sigma}")
-    if not sequences:
-        raise UserError(f"{trace.path}: no calibration sequences")
     ks = parse_layer_k(layer_k, k, meta.n_layers)
     readers = [trace.sequence(name) for name in sequences]
     n_max = max(s.n_tokens for s in readers)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+
 FETCHES = ["row", "page8", "page16", "page32", "page64", "page128"]
 
 
@@ -21,6 +23,7 @@ def register(subparsers) -> None:
                                                      "tpu-v5e, npu) or a path to a device .toml")
     p.add_argument("--stats", required=True, help="engine-stats Parquet file from `toptheta replay`")
     p.add_argument("--out", required=True, help="output Parquet (sim-results)")
+    add_overwrite(p)
     p.add_argument("--fetch", choices=FETCHES, default="row",
                    help="V fetch granularity: single rows (sector-rounded) or whole KV pages (default row)")
     p.add_argument("--split-tokens", type=int, default=512, help="keys per split-KV work item (default 512)")
@@ -54,6 +57,10 @@ def simulate_handler(args: argparse.Namespace) -> int:
     from topθ_hw.sim.stats import sim_results_meta, simulate_stats
     from topθ_hw.tables import read_table, write_table
 
+    prepare_output(args.out, [args.stats, args.hardware], overwrite=args.overwrite)
+    if args.split_tokens < 1:
+        from topθ_hw.errors import UserError
+        raise UserError(f"--split-tokens must be ≥ 1, got {args.split_tokens}")
     device = load_device(args.hardware)
     df, meta = read_table(args.stats, kind="engine-stats")
     frame = simulate_stats(df, meta, device, fetch=args.fetch, split_tokens=args.split_tokens,

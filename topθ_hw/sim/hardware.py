@@ -118,9 +118,11 @@ class Device:
 
 
 def hardware_dir() -> Path:
-    """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or ``sims/hardware`` of the repository."""
+    """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or the package's ``sims/hardware``."""
+    from topθ_hw.shipped import shipped
+
     env = os.environ.get("TOPTHETA_HARDWARE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "hardware"
+    return Path(env) if env else shipped("sims/hardware")
 
 
 def known_devices() -> list[str]:
@@ -212,9 +214,11 @@ def _check_source(source, references: dict, path: Path, where: str) -> str:
         if ref not in references:
             raise UserError(f"{where}: source cites ref:{ref}, which [references] does not list")
     if source.startswith("measured:"):
-        measured = (path.parent / source[9:].split()[0].rstrip(",;:")).resolve()
-        if not measured.exists():
-            raise UserError(f"{where}: source cites measurement file {measured}, which does not exist")
+        cited = source[9:].split()[0].rstrip(",;:")
+        # A shipped device copied elsewhere keeps citing the shipped measurements.
+        if not any((folder / cited).exists() for folder in (path.parent, hardware_dir())):
+            raise UserError(f"{where}: source cites measurement file {cited}, which exists neither beside "
+                            f"{path} nor in the shipped device folder {hardware_dir()}")
     return source
 
 

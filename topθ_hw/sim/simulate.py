@@ -98,6 +98,11 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     TOML path or a loaded :class:`Device`.
     """
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    if split_tokens < 1 or batch < 1 or context < 1:
+        raise UserError(f"--batch, --context and --split-tokens must be ≥ 1, got {batch}, {context}, {split_tokens}")
+    # Capacity from the shape alone, before the per-row masks of a huge context are allocated.
+    check_fits(kernel_workload(1, 64, q_heads, kv_heads, head_dim, dtype, 1.0, "row", "dense"), device,
+               batch * context * kv_heads)
     call = kernel_workload(batch, context, q_heads, kv_heads, head_dim, dtype, kept_v_fraction, fetch, method,
                            split_tokens=split_tokens, granule_bytes=device.memory.sector_bytes, seed=seed)
     result = simulate_call(call, device, kernel)
