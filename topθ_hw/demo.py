@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    help="devices for the per-step simulation of the replayed trace (default h100,tpu-v5e)")
     p.add_argument("--study", default=None, help=f"what-if study file (default: the shipped {DEFAULT_STUDY})")
     p.add_argument("--layers", default=None, metavar="L,...",
-                   help="replay and simulate only these captured layers (default: all; a quick look)")
+                   help="calibrate, replay and simulate only these captured layers (default: all; a quick look)")
     add_overwrite(p)
     p.set_defaults(func=run_demo)
 
@@ -64,7 +64,7 @@ def run_demo(args) -> int:
     devices = [load_device(name) for name in args.devices.split(",")]  # fail early on a bad name
     calibration = trace.sequences[:1]
     _stage(f"calibrate Top-θ (k={args.k}, layers {args.layer_k}) on {calibration}", started)
-    table = calibrate(trace, calibration, args.k, args.layer_k, "pre", 0.1, tqdm)
+    table = calibrate(trace, calibration, args.k, args.layer_k, "pre", 0.1, tqdm, layers=layers)
     thresholds = table.save(out / "thresholds.safetensors")
 
     methods = {"dense": METHODS["dense"](), "topk": METHODS["topk"](k=args.k, layer_k=args.layer_k),

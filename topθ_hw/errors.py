@@ -50,25 +50,36 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def close_progress_bars() -> None:
+    """End any progress bar an exception left open, so the message starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
 def run_command(command: str, func, args, argv: list[str] | None = None, err=None) -> int:
     """Run a command handler; every way it can end is one line on ``err`` and an exit code."""
     err = err or sys.stderr
-    prefix = f"toptheta {command}: "
     try:
         return int(func(args) or 0)
-    except UserError as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 — the one place that catches everything
+        close_progress_bars()
+        return _one_line_for(exc, command, argv, err)
+
+
+def _one_line_for(exc: BaseException, command: str, argv, err) -> int:
+    """Called while ``exc`` is being handled (the log takes its traceback)."""
+    prefix = f"toptheta {command}: "
+    if isinstance(exc, UserError):
         print(f"{prefix}error: {one_line(exc)}", file=err)
         return EXIT_USER
-    except OSError as exc:
-        if exc.errno not in USER_ERRNOS or not exc.filename:
-            return _internal(prefix, command, argv, exc, err)
+    if isinstance(exc, OSError) and exc.errno in USER_ERRNOS and exc.filename:
         print(f"{prefix}error: {exc.filename}: {exc.strerror}", file=err)
         return EXIT_USER
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print(f"{prefix}interrupted; finished results were kept.", file=err)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 — the one place that catches everything
-        return _internal(prefix, command, argv, exc, err)
+    return _internal(prefix, command, argv, exc, err)
 
 
 def _internal(prefix: str, command: str, argv, exc: BaseException, err) -> int:
