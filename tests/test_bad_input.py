@@ -96,8 +96,10 @@ def damaged(made, tmp_path, what: str) -> Path:
 
 def thresholds_with(made, tmp_path, placement=None, theta=None) -> Path:
     """The artifact rewritten with another placement field or θ values (still valid safetensors)."""
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from topθ_hw.engine.thresholds import checksums
 
     with safe_open(str(made.th), framework="numpy") as f:
         header = json.loads(f.metadata()["toptheta"])
@@ -106,6 +108,7 @@ def thresholds_with(made, tmp_path, placement=None, theta=None) -> Path:
         header["placement"] = placement
     if theta is not None:
         tensors["theta"][tensors["theta"] == tensors["theta"]] = theta  # every calibrated entry
+    header["crc32"] = checksums(header, tensors)  # a well-formed artifact with a bad field, not a damaged file
     path = tmp_path / "edited.safetensors"
     save_file(tensors, str(path), metadata={"toptheta": json.dumps(header)})
     return path

@@ -17,6 +17,7 @@ Below the shortest calibrated n both hold its value.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,9 @@ class ThresholdTable:
         path = Path(path)
         tensors = {"lengths": self.lengths, "theta": self.theta, "theta_std": self.theta_std,
                    "count": self.count, "sdc_dropped_mass": self.sdc_dropped_mass, "layer_k": self.layer_k}
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.meta}
+        meta = {k: v for k, v in self.meta.items() if k != "crc32"}
+        meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION}
+        meta["crc32"] = checksums(meta, tensors)
         blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                     metadata={"toptheta": json.dumps(meta, sort_keys=True, default=str)})
         return write_bytes_atomic(path, blob)
@@ -142,8 +145,17 @@ def load_thresholds(path) -> ThresholdTable:
     missing = [k for k in needed if k not in tensors]
     if missing:
         raise UserError(f"{path}: tensor(s) {missing} missing")
+    if "crc32" in meta and meta["crc32"] != checksums(meta, tensors):  # artifacts before checksums lack it
+        raise UserError(f"{path}: checksum mismatch (field 'crc32'); the file is damaged")
     check_artifact(path, meta, tensors)
     return ThresholdTable(meta=meta, path=str(path), **{k: tensors[k] for k in needed})
+
+
+def checksums(meta: dict, tensors: dict) -> dict:
+    """CRC32 of every tensor's bytes and of the metadata (without this field), as the trace store keeps."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True, default=str)
+    out = {name: zlib.crc32(np.ascontiguousarray(t).tobytes()) for name, t in sorted(tensors.items())}
+    return {**out, "meta": zlib.crc32(body.encode())}
 
 
 def check_artifact(path, meta: dict, t: dict) -> None:

@@ -141,8 +141,8 @@ def load_device(name_or_path: str | os.PathLike) -> Device:
     if not path.exists():
         raise UserError(f"{path}: no such device file")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from exc
     return _device_from_dict(raw, path)
 
@@ -217,7 +217,7 @@ def _check_source(source, references: dict, path: Path, where: str) -> str:
         cited = source[9:].split()[0].rstrip(",;:")
         # A shipped device copied elsewhere keeps citing the shipped measurements.
         if not any((folder / cited).exists() for folder in (path.parent, hardware_dir())):
-            raise UserError(f"{where}: source cites measurement file {cited}, which exists neither beside "
+            raise UserError(f"{where}: source cites measurement file {cited}, which does not exist beside "
                             f"{path} nor in the shipped device folder {hardware_dir()}")
     return source
 
