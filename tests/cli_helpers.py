@@ -49,3 +49,21 @@ def subset_trace(source: Path, out: Path, layers: list[int]) -> Path:
     root["attributes"]["model"]["layers"] = sorted(layers)
     (out / "zarr.json").write_text(json.dumps(root))
     return out
+
+
+def tiny_study(path: Path, trace, name: str = "tiny", methods=("dense", "topk", "toptheta"), layers=(2,),
+               more_axes: str = "") -> Path:
+    """A study of one device, k = 64 and context 4096 on ``trace``'s ``layers``: a few points."""
+    path.write_text(f"""[study]
+name = "{name}"
+[sparsity]
+layers = {list(layers)}
+[axes]
+device = ["h100"]
+method = {list(methods)}
+k = [64]
+context = [4096]
+trace = ["{trace}"]
+{more_axes}
+""".replace("'", '"'))
+    return path

@@ -17,23 +17,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from cli_helpers import REPO, TRACE, digest, refused, subset_trace
+from cli_helpers import REPO, TRACE, digest, refused, subset_trace, tiny_study
 from topθ_hw.cli import main
 from topθ_hw.tables import read_table, write_table
 
 UNWRITABLE = "/proc/toptheta-no-such-folder/out"  # even root cannot create files under /proc
 TEXT = REPO / "traces" / "texts" / "austen-emma.txt"
-STUDY = """[study]
-name = "tiny"
-[sparsity]
-layers = [2, 4]
-[axes]
-device = ["h100"]
-method = ["dense", "topk"]
-k = [64]
-context = [4096]
-trace = ["{trace}"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +31,8 @@ def made(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("inputs")
     trace = subset_trace(TRACE, root / "t.zarr", [2, 4])
     th, stats, sim = root / "th.safetensors", root / "stats.parquet", root / "sim.parquet"
-    study, results = root / "study.toml", root / "study.parquet"
-    study.write_text(STUDY.format(trace=trace))
+    study = tiny_study(root / "study.toml", trace, methods=("dense", "topk"), layers=(2, 4))
+    results = root / "study.parquet"
     for argv in (["calibrate", "--traces", trace, "--k", "64", "--out", th],
                  ["replay", "--traces", trace, "--method", "toptheta", "--thresholds", th, "--decode-only",
                   "--out", stats],

@@ -10,24 +10,12 @@ import io
 import pandas as pd
 import pytest
 
-from cli_helpers import TRACE, subset_trace
+from cli_helpers import TRACE, subset_trace, tiny_study
 from topθ_hw.store import open_trace
 from topθ_hw.study import parts
 from topθ_hw.study.parts import parts_dir
 from topθ_hw.study.run import run_study
 
-STUDY = """[study]
-name = "identity"
-[sparsity]
-layers = [2]
-[axes]
-device = ["h100"]
-method = ["dense", "topk", "toptheta"]
-k = [64]
-context = [4096]
-page_size = [1, 16]
-trace = ["{trace}"]
-"""
 
 
 def run(study, out) -> tuple[pd.DataFrame, str]:
@@ -39,8 +27,7 @@ def run(study, out) -> tuple[pd.DataFrame, str]:
 @pytest.fixture()
 def setup(tmp_path):
     trace = subset_trace(TRACE, tmp_path / "t.zarr", [2])
-    study = tmp_path / "study.toml"
-    study.write_text(STUDY.format(trace=trace))
+    study = tiny_study(tmp_path / "study.toml", trace, name="identity", more_axes="page_size = [1, 16]")
     return trace, study, tmp_path / "results.parquet"
 
 

@@ -11,20 +11,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# The shipped demo study cut to three points on one layer, so the test stays well under three minutes;
-# it names the trace as a study in the repository does, and the wheel must resolve it to its own copy.
-TINY_STUDY = """[study]
-name = "wheel-demo"
-[sparsity]
-layers = [2]
-[axes]
-device = ["h100"]
-method = ["dense", "topk", "toptheta"]
-k = [64]
-context = [4096]
-trace = ["traces/smollm2-135m.zarr"]
-"""
+from cli_helpers import REPO, tiny_study
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -51,8 +38,9 @@ def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     where = run([python, "-c", "import topθ_hw; print(topθ_hw.__file__)"], cwd=empty, env=env).stdout
     assert Path(where.strip()).is_relative_to(purelib), where
-    study = tmp_path / "tiny.toml"
-    study.write_text(TINY_STUDY)
+    # Three points on one layer keep the test short; the study names the trace as a study in the
+    # repository does, and the wheel must resolve it to its own copy.
+    study = tiny_study(tmp_path / "tiny.toml", "traces/smollm2-135m.zarr", name="wheel-demo")
     done = run([venv / "bin" / "toptheta", "demo", "--layers", "2", "--devices", "h100", "--study", study],
                cwd=empty, env=env)
     index = empty / "out" / "demo" / "report" / "index.html"
