@@ -56,12 +56,13 @@ def ticks_at(ax, values, axis: str = "x") -> None:
 
 
 def readable_log(ax, axis: str = "y") -> None:
-    """A log axis with 1-2-5 ticks (decades only when it spans more than two) in plain numbers and
+    """A log axis with 1-2-3-5, 1-2-5 or decade ticks (as its span allows) in plain numbers and
     unlabelled minor ticks."""
     target = ax.xaxis if axis == "x" else ax.yaxis
     low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    wide = low > 0 and high / low > 100
-    target.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    span = high / low if low > 0 else float("inf")
+    subs = (1.0, 2.0, 3.0, 5.0) if span <= 10 else (1.0, 2.0, 5.0) if span <= 1000 else (1.0,)
+    target.set_major_locator(LogLocator(base=10, subs=subs))
     target.set_major_formatter(FuncFormatter(plain))
     target.set_minor_formatter(NullFormatter())
 
