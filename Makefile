@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/toptheta demo
+	$(VENV)/bin/toptheta demo --overwrite
 
 # Headless Chromium (Debian's package) opens the HTML report in tests/test_report.py.
 browser:

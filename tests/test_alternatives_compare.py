@@ -29,7 +29,8 @@ def costs(tmp_path_factory):
 def comparison(tmp_path_factory):
     """Quality beside cost for four families on 64 held-out tokens (the live side is the slow one)."""
     out = tmp_path_factory.mktemp("compare")
-    calibration = out / "emma-start.txt"   # a short calibration text keeps the live calibration quick
+    # a short calibration text keeps the live calibration quick (beside the output, never inside it)
+    calibration = tmp_path_factory.mktemp("calibration") / "emma-start.txt"
     calibration.write_text(open("traces/texts/austen-emma.txt", encoding="utf-8").read()[:600], encoding="utf-8")
     run_compare(out, "--hardware", "h100", "--methods", "dense,toptheta,quest,h2o", "--text", TEXT,
                 "--calibration-text", str(calibration), "--window", "64", "--max-tokens", "64")

@@ -77,5 +77,9 @@ def test_measured_source_resolves_relative_to_the_file(tmp_path):
     assert load_device(path).sources["memory.stream_efficiency_fraction"].startswith(
         "measured:../validation/h100_microbench.csv")
     (tmp_path / "validation" / "h100_microbench.csv").unlink()
-    with pytest.raises(UserError, match=r"h100_microbench.csv, which does not exist"):
+    # A copy of a shipped device keeps citing the shipped measurement (issue 13) ...
+    assert load_device(path).memory == load_device("h100").memory
+    # ... but a measurement that exists nowhere is refused.
+    path.write_text(path.read_text().replace("../validation/h100_microbench.csv", "../validation/gone.csv"))
+    with pytest.raises(UserError, match=r"gone.csv, which does not exist"):
         load_device(path)

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from topθ_hw import __version__
-from topθ_hw.errors import UserError
+from topθ_hw.errors import EXIT_USER, run_command
 
 # One line per stage; order is the order `toptheta --help` lists them.
 STAGE_CLIS = [
@@ -30,8 +30,15 @@ STAGE_CLIS = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming the flag and the expected value, exit 2 (subcommands too)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="toptheta",
         description="Capture attention traces from Hugging Face models, replay dense/top-k/Top-θ "
         "attention on them, and cost the result on GPUs and accelerators.",
@@ -45,18 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error, already printed as one line (2)
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"toptheta {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"toptheta {args.command}: interrupted; finished results were kept.", file=sys.stderr)
-        return 130
+    return run_command(args.command, args.func, args, argv)
 
 
 if __name__ == "__main__":

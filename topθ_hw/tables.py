@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from topθ_hw.errors import UserError
+from topθ_hw.outputs import atomic_write
 
 META_KEY = b"toptheta"
 
@@ -24,36 +24,52 @@ META_KEY = b"toptheta"
 def write_table(df: pd.DataFrame, path: str | os.PathLike, meta: dict) -> Path:
     """Write ``df`` with ``meta`` (JSON-serialisable) to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[META_KEY] = json.dumps(meta, sort_keys=True, default=str).encode()
     table = table.replace_schema_metadata(schema_meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def read_table(path: str | os.PathLike, kind: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Read a table written by :func:`write_table`; ``kind`` checks ``meta["kind"]``."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, expected a "
+                        "Parquet file")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
+        frame = table.to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:160]})") from exc
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise UserError(f"{path}: Parquet file has no '{META_KEY.decode()}' metadata; "
                         "was it written by toptheta?")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: metadata '{META_KEY.decode()}' is not a JSON object")
     if kind is not None and meta.get("kind") != kind:
         raise UserError(f"{path}: field 'kind' is {meta.get('kind')!r}, expected {kind!r}")
-    return table.to_pandas(), meta
+    check_columns(path, frame, meta.get("kind"))
+    return frame, meta
+
+
+# The columns the next stage reads, per table kind: a table relabelled as another kind is refused here.
+KIND_COLUMNS = {
+    "engine-stats": ("level", "phase", "layer", "kept_elements", "dense_elements", "kept_v_rows", "v_rows_total"),
+    "sim-results": ("scope", "phase", "time_s"),
+    "study-results": ("point_hash", "device", "method", "k", "context", "time_s"),
+    "study-part": ("point_hash",),
+}
+
+
+def check_columns(path, frame: pd.DataFrame, kind) -> None:
+    missing = [c for c in KIND_COLUMNS.get(kind, ()) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: a {kind!r} table lacks column(s) {missing}; is it another kind of table?")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from topθ_hw.outputs import prepare_output
+
 DEFAULT_MODEL = "smollm2-135m"
 SHORT_NAMES = "smollm2-135m (default), gemma3-270m, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b"
 
@@ -40,6 +42,8 @@ def run_capture(args) -> int:
     import warnings
 
     from topθ_hw.capture.run import capture_texts
+
+    prepare_output(args.out, [*args.text, args.model], overwrite=args.overwrite, directory=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # --truncate's warning must show even when repeated

@@ -104,6 +104,9 @@ def resolve(name_or_path: str) -> Path:
         return m.gguf()
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserError(f"{path}: not a GGUF file (its first bytes are not the GGUF magic)")
         return path
     if path.is_dir() and (path / "config.json").is_file():
         return path
@@ -154,9 +157,12 @@ def fp32_copy(gguf: Path, sha256: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                      local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                          local_files_only=True)
+    except (ValueError, OSError, KeyError, IndexError, TypeError) as exc:
+        raise UserError(f"{gguf}: not a loadable GGUF model ({' '.join(str(exc).split())[:160]})") from exc
     config = gguf_model.config
     if hasattr(config, "quantization_config"):  # save_pretrained refuses a GGUF-"quantised" model
         del config.quantization_config

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+from topθ_hw.shipped import shipped
+
 DESCRIPTION = """Compare sparse-attention methods in hardware units at matched budgets.
 Hardware side: each setting is replayed on every --traces store (decode rows; H2O from row 0; Top-θ
 calibrated on --calibrate-on, pre-softmax, at the same k) and every --step-every-th decode step is
@@ -33,7 +36,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="top-p, Quest, StreamingLLM, H2O vs dense / top-k / Top-θ: "
                               "quality against bytes and simulated time", description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--traces", nargs="+", default=["traces/smollm2-135m.zarr"],
+    p.add_argument("--traces", nargs="+", default=[str(shipped("traces/smollm2-135m.zarr"))],
                    help="trace stores (default %(default)s)")
     p.add_argument("--methods", type=csv_list(str),
                    default="dense,topk,toptheta,toptheta+comp,topp,quest,streaming,h2o",
@@ -53,10 +56,10 @@ def register(subparsers) -> None:
     p.add_argument("--calibrate-on", type=csv_list(str), default=None,
                    help="trace sequences Top-θ is calibrated on (default: the first); the others are evaluated")
     p.add_argument("--step-every", type=int, default=8, help="simulate every N-th decode step (default 8)")
-    p.add_argument("--text", nargs="*", default=["traces/texts/shakespeare-hamlet.txt", "traces/texts/kjv-genesis.txt"],
+    p.add_argument("--text", nargs="*", default=[str(shipped(f"traces/texts/{t}.txt")) for t in ("shakespeare-hamlet", "kjv-genesis")],
                    help="held-out text for the live quality evaluation (default: %(default)s); none: skip quality")
     p.add_argument("--calibration-text", nargs="*",
-                   default=["traces/texts/austen-emma.txt", "traces/texts/austen-pride-and-prejudice.txt"],
+                   default=[str(shipped(f"traces/texts/{t}.txt")) for t in ("austen-emma", "austen-pride-and-prejudice")],
                    help="text Top-θ is calibrated on live (default: %(default)s)")
     p.add_argument("--model", default="smollm2-135m", help="model for the quality side (default %(default)s)")
     p.add_argument("--window", type=int, default=1024, help="teacher-forced window in tokens (default 1024)")
@@ -65,9 +68,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0: all)")
     p.add_argument("--sigma", type=float, default=0.1, help="Top-θ calibration sigma (default 0.1)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_overwrite(p)
     p.set_defaults(func=compare_handler)
 
 
 def compare_handler(args) -> int:
     from topθ_hw.compare.run import compare_command
+    prepare_output(args.out, [*args.traces, *args.text, *args.calibration_text, args.model],
+                   overwrite=args.overwrite, directory=True)
     return compare_command(args)

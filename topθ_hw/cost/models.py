@@ -81,7 +81,8 @@ SHAPE_FIELDS = {f.name: f for f in dataclasses.fields(ModelShape) if "kind" in f
 def models_dir() -> Path:
     """Shipped model files: ``$TOPTHETA_MODELS_DIR`` or ``sims/models`` of the repository."""
     env = os.environ.get("TOPTHETA_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "models"
+    from topθ_hw.shipped import shipped
+    return Path(env) if env else shipped("sims/models")
 
 
 def known_models() -> list[str]:

@@ -124,26 +124,33 @@ def row_dropped_mass(qkv, layer, prompt_len, theta_rows, post):
 
 
 def calibrate(trace, sequences, k: int, layer_k: str | None = None, placement: str = "pre",
-              sigma: float = 0.1, progress=None, threads: int | None = None) -> ThresholdTable:
-    """Thresholds from ``sequences`` of an open trace; ``progress`` is a tqdm-like callable or None."""
+              sigma: float = 0.1, progress=None, threads: int | None = None, layers=None) -> ThresholdTable:
+    """Thresholds from ``sequences`` of an open trace; ``progress`` is a tqdm-like callable or None.
+    ``layers``: calibrate only these captured layers (default all; the others stay uncalibrated)."""
     with kernel_threads(threads):
-        return _calibrate(trace, sequences, k, layer_k, placement, sigma, progress)
+        return _calibrate(trace, sequences, k, layer_k, placement, sigma, progress, layers)
 
 
-def _calibrate(trace, sequences, k, layer_k, placement, sigma, progress) -> ThresholdTable:
+def _calibrate(trace, sequences, k, layer_k, placement, sigma, progress, layers=None) -> ThresholdTable:
     meta = trace.meta
     if placement not in ("pre", "post"):
         raise UserError(f"--placement: {placement!r} is not 'pre' or 'post'")
+    if not sequences:
+        raise UserError(f"{trace.path}: no calibration sequences (complete: {trace.sequences}, "
+                        f"incomplete: {trace.partial_sequences})")
+    if len(set(sequences)) != len(sequences):
+        raise UserError(f"--sequences {list(sequences)} repeats a sequence; expected each once")
     if not np.isfinite(sigma):
         raise UserError(f"--sigma must be finite, got {sigma}")
-    if not sequences:
-        raise UserError(f"{trace.path}: no calibration sequences")
     ks = parse_layer_k(layer_k, k, meta.n_layers)
     readers = [trace.sequence(name) for name in sequences]
     n_max = max(s.n_tokens for s in readers)
     shape = (meta.n_layers, meta.n_q_heads, n_max)
     total, total_sq, count = np.zeros(shape), np.zeros(shape), np.zeros(shape, np.int64)
-    work = [(s, layer) for s in readers for layer in meta.captured_layers]
+    bad = sorted(set(layers or []) - set(meta.captured_layers))
+    if bad:
+        raise UserError(f"--layers: {bad} not captured in {trace.path} (it holds {meta.captured_layers})")
+    work = [(s, layer) for s in readers for layer in (layers or meta.captured_layers)]
     bar = progress(total=2 * len(work), desc="calibrate", unit="layer") if progress else None
     for seq, layer in work:
         th = row_thresholds(seq.layer(layer), layer, seq.prompt_len, int(ks[layer]), placement == "post")

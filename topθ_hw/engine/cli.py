@@ -7,11 +7,35 @@ from __future__ import annotations
 
 import argparse
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+
 METHOD_NAMES = ("toptheta", "topk", "dense", "topp", "quest", "streaming", "h2o")
 
 
-def names(text: str | None) -> list[str] | None:
-    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+def names(text: str | None, flag: str = "") -> list[str] | None:
+    """'a,b' -> ['a', 'b']; a repeated item is refused (it would count its data twice)."""
+    if not text:
+        return None
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    repeated = sorted({s for s in items if items.count(s) > 1})
+    if repeated:
+        from topθ_hw.errors import UserError
+        raise UserError(f"{flag or 'list'} {text!r} repeats {repeated}; expected each item once")
+    return items
+
+
+def int_list(flag: str, text: str | None) -> list[int] | None:
+    """'16,32' -> [16, 32], each ≥ 1; anything else is one line naming the flag."""
+    from topθ_hw.errors import UserError
+
+    items = names(text, flag)
+    try:
+        values = [int(x) for x in items] if items else None
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 16,32,64") from None
+    if values is not None and min(values) < (0 if flag == "--layers" else 1):
+        raise UserError(f"{flag} {text!r}: expected integers ≥ {0 if flag == '--layers' else 1}")
+    return values
 
 
 def add_threads(p) -> None:
@@ -41,6 +65,7 @@ def register(subparsers) -> None:
                      help="threshold logits (pre-softmax) or probabilities (post-softmax)")
     cal.add_argument("--sigma", type=float, default=0.1, help="θ = mean + sigma·std (default 0.1, the paper's)")
     cal.add_argument("--out", required=True, help="output .safetensors file")
+    add_overwrite(cal)
     add_threads(cal)
     cal.set_defaults(func=run_calibrate)
 
@@ -78,6 +103,7 @@ def register(subparsers) -> None:
     rep.add_argument("--decode-only", action="store_true",
                      help="skip prefill rows (most of the work) when only decode statistics are needed")
     rep.add_argument("--out", required=True, help="output Parquet file")
+    add_overwrite(rep)
     add_threads(rep)
     rep.set_defaults(func=run_replay)
 
@@ -94,6 +120,7 @@ def register(subparsers) -> None:
     head.add_argument("--placement", choices=("pre", "post"), default="pre")
     head.add_argument("--sigma", type=float, default=0.1)
     head.add_argument("--out", required=True, help="output directory")
+    add_overwrite(head)
     add_threads(head)
     head.set_defaults(func=run_headline)
 
@@ -107,8 +134,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from topθ_hw.engine.calibrate import calibrate
     from topθ_hw.store import open_trace
 
+    prepare_output(args.out, [args.traces], overwrite=args.overwrite)
     trace = open_trace(args.traces)
-    sequences = names(args.sequences) or trace.sequences[:1]
+    sequences = names(args.sequences, "--sequences") or trace.sequences[:1]
     table = calibrate(trace, sequences, args.k, args.layer_k, args.placement, args.sigma, progress_bar(),
                       args.threads)
     path = table.save(args.out)
@@ -140,14 +168,15 @@ def run_replay(args: argparse.Namespace) -> int:
     from topθ_hw.store import open_trace
     from topθ_hw.tables import write_table
 
+    prepare_output(args.out, [args.traces, args.thresholds], overwrite=args.overwrite)
     trace = open_trace(args.traces)
     method = build_method(args)
-    layers = [int(x) for x in names(args.layers)] if args.layers else None
+    layers = int_list("--layers", args.layers)
     bad = [x for x in layers or [] if x not in trace.meta.captured_layers]
     if bad:
         from topθ_hw.errors import UserError
         raise UserError(f"--layers: {bad} not captured in {trace.path} (it holds {trace.meta.captured_layers})")
-    frame, meta = replay_trace(trace, method, names(args.sequences), layers, progress_bar(), args.decode_only,
+    frame, meta = replay_trace(trace, method, names(args.sequences, "--sequences"), layers, progress_bar(), args.decode_only,
                                args.threads)
     write_table(frame, args.out, meta)
     heads = frame[frame.level == "head"]
@@ -165,9 +194,11 @@ def run_headline(args: argparse.Namespace) -> int:
     from topθ_hw.engine.headline import headline
     from topθ_hw.store import open_trace
 
+    prepare_output(args.out, [args.traces], overwrite=args.overwrite, directory=True)
     trace = open_trace(args.traces)
-    ks = [int(k) for k in names(args.ks)]
-    paths = headline(trace, ks, args.out, names(args.calibrate_on), names(args.evaluate_on), args.layer_k,
+    ks = int_list("--ks", args.ks)
+    paths = headline(trace, ks, args.out, names(args.calibrate_on, "--calibrate-on"),
+                     names(args.evaluate_on, "--evaluate-on"), args.layer_k,
                      args.placement, args.sigma, progress=progress_bar(), threads=args.threads)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -16,6 +16,7 @@ import pandas as pd
 from topθ_hw.engine.calibrate import calibrate
 from topθ_hw.engine.methods import TopK, TopTheta
 from topθ_hw.engine.run import replay_trace
+from topθ_hw.outputs import write_text_atomic
 
 
 FRACTIONS = ["prefill_elements_kept", "decode_elements_kept", "decode_v_rows_kept"]
@@ -89,7 +90,7 @@ def headline(trace, ks, out_dir, calibrate_on=None, evaluate_on=None, layer_k=No
                         ("headline_per_length", per_length)):
         df = pd.concat(parts, ignore_index=True)
         df = df[["k", "method"] + [c for c in df.columns if c not in ("k", "method")]]
-        df.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(f"# {name}\n\n" + about + to_markdown(df))
+        write_text_atomic(out / f"{name}.csv", df.to_csv(index=False))
+        write_text_atomic(out / f"{name}.md", f"# {name}\n\n" + about + to_markdown(df))
         written += [out / f"{name}.csv", out / f"{name}.md"]
     return written

@@ -19,6 +19,7 @@ import numpy as np
 
 from topθ_hw.engine.kernels import PAGE_SIZES, group_union, mask_and_max, softmax_weights, sparse_pv
 from topθ_hw.engine.methods.base import AttentionMethod, ScoreBlock
+from topθ_hw.errors import UserError
 
 TILE = 64
 SCORE_BUDGET = 1 << 20   # float32 elements per prefill score block (4 MiB, probs twice that: near L2)
@@ -31,6 +32,17 @@ SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers ke
 DEFAULT_THREADS_ENV = "TOPTHETA_THREADS"
 
 
+def env_threads() -> int:
+    text = os.environ.get(DEFAULT_THREADS_ENV, "1")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"environment variable {DEFAULT_THREADS_ENV} is {text!r}, expected a whole number ≥ 1")
+    return value
+
+
 @contextlib.contextmanager
 def kernel_threads(threads: int | None = None):
     """Run numba kernels and BLAS with ``threads`` threads (None: $TOPTHETA_THREADS, else 1).
@@ -38,7 +50,7 @@ def kernel_threads(threads: int | None = None):
     BLAS is limited through threadpoolctl when it is installed; otherwise it keeps its own setting
     (OPENBLAS_NUM_THREADS).
     """
-    wanted = max(1, threads or int(os.environ.get(DEFAULT_THREADS_ENV, "1")))
+    wanted = max(1, threads or env_threads())
     before = numba.get_num_threads()
     numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
     try:

@@ -21,6 +21,9 @@ def evaluation_sequences(trace, method: AttentionMethod, requested: list[str] | 
     if isinstance(method, TopTheta):
         calibrated = set(method.calibration_sequences)
     chosen = [s for s in trace.sequences if s not in calibrated]
+    if not trace.sequences:
+        raise UserError(f"{trace.path}: holds no complete sequence (incomplete: {trace.partial_sequences}); "
+                        "re-run the capture")
     if not chosen:
         raise UserError(f"{trace.path}: every sequence {trace.sequences} was used for calibration; "
                         "pass --sequences explicitly to replay on calibration data")

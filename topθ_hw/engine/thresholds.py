@@ -17,14 +17,14 @@ Below the shortest calibrated n both hold its value.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from topθ_hw.errors import UserError
+from topθ_hw.outputs import write_bytes_atomic
 
 FORMAT = "toptheta-thresholds"
 FORMAT_VERSION = 1
@@ -90,19 +90,12 @@ class ThresholdTable:
         path = Path(path)
         tensors = {"lengths": self.lengths, "theta": self.theta, "theta_std": self.theta_std,
                    "count": self.count, "sdc_dropped_mass": self.sdc_dropped_mass, "layer_k": self.layer_k}
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.meta}
+        meta = {k: v for k, v in self.meta.items() if k != "crc32"}
+        meta = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION}
+        meta["crc32"] = checksums(meta, tensors)
         blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                     metadata={"toptheta": json.dumps(meta, sort_keys=True, default=str)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_bytes_atomic(path, blob)
 
 
 def lookup_1d(xs, ys, n, method, extrapolate, log_values):
@@ -140,6 +133,8 @@ def load_thresholds(path) -> ThresholdTable:
         meta = json.loads(header["toptheta"])
     except (KeyError, ValueError):
         raise UserError(f"{path}: header field 'toptheta' missing or not JSON; not a toptheta threshold file") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: header field 'toptheta' is not a JSON object")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: field 'format'/'format_version' is {meta.get('format')!r}/"
                         f"{meta.get('format_version')!r}, expected {FORMAT!r}/{FORMAT_VERSION}")
@@ -150,4 +145,38 @@ def load_thresholds(path) -> ThresholdTable:
     missing = [k for k in needed if k not in tensors]
     if missing:
         raise UserError(f"{path}: tensor(s) {missing} missing")
+    if "crc32" in meta and meta["crc32"] != checksums(meta, tensors):  # artifacts before checksums lack it
+        raise UserError(f"{path}: checksum mismatch (field 'crc32'); the file is damaged")
+    check_artifact(path, meta, tensors)
     return ThresholdTable(meta=meta, path=str(path), **{k: tensors[k] for k in needed})
+
+
+def checksums(meta: dict, tensors: dict) -> dict:
+    """CRC32 of every tensor's bytes and of the metadata (without this field), as the trace store keeps."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True, default=str)
+    out = {name: zlib.crc32(np.ascontiguousarray(t).tobytes()) for name, t in sorted(tensors.items())}
+    return {**out, "meta": zlib.crc32(body.encode())}
+
+
+def check_artifact(path, meta: dict, t: dict) -> None:
+    """Fields and tensors a lookup relies on: placement, shapes, finite θ, k ≥ 1 (NaN marks a length
+    that was not calibrated for a head; ±inf is never a threshold)."""
+    if meta["placement"] not in ("pre", "post"):
+        raise UserError(f"{path}: field 'placement' is {meta['placement']!r}, expected 'pre' or 'post'")
+    theta, lengths = t["theta"], t["lengths"]
+    if theta.ndim != 3 or lengths.ndim != 1 or theta.shape[2] != lengths.size or not lengths.size:
+        raise UserError(f"{path}: tensor 'theta' has shape {theta.shape} and 'lengths' {lengths.shape}, "
+                        "expected [layers, heads, N] and [N] with N ≥ 1")
+    for name in ("theta_std", "count", "sdc_dropped_mass"):
+        if t[name].shape != theta.shape:
+            raise UserError(f"{path}: tensor {name!r} has shape {t[name].shape}, expected {theta.shape}")
+    if t["layer_k"].shape != (theta.shape[0],):
+        raise UserError(f"{path}: tensor 'layer_k' has shape {t['layer_k'].shape}, expected ({theta.shape[0]},)")
+    for name in ("theta", "theta_std", "sdc_dropped_mass"):
+        if t[name].dtype.kind != "f" or np.isinf(t[name]).any():
+            raise UserError(f"{path}: tensor {name!r} holds ±inf or is not floating point; expected finite "
+                            "values (NaN only where a length was not calibrated)")
+    if lengths.dtype.kind not in "iu" or (np.diff(lengths) <= 0).any() or lengths[0] < 1:
+        raise UserError(f"{path}: tensor 'lengths' must be increasing integers ≥ 1")
+    if t["layer_k"].dtype.kind not in "iu" or (t["layer_k"] < 1).any():
+        raise UserError(f"{path}: tensor 'layer_k' must hold integers ≥ 1")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+
 EVALUATE_HELP = """Teacher-forced evaluation of live sparse attention against the dense model.
 The held-out text is cut into windows of --window tokens; each window runs dense once and once per
 setting (variant x k). Reports perplexity, next-token agreement and KL(dense || setting), with the
@@ -32,6 +34,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def evaluate_handler(args) -> int:
     from topθ_hw.quality.run import evaluate_command
+    prepare_output(args.out, [*args.text, *args.thresholds, args.model], overwrite=args.overwrite, directory=True)
     return evaluate_command(args)
 
 
@@ -42,6 +45,7 @@ def generate_handler(args) -> int:
 
 def calibrate_live_handler(args) -> int:
     from topθ_hw.quality.run import calibrate_live_command
+    prepare_output(args.out, [*args.text, args.model], overwrite=args.overwrite, directory=True)
     return calibrate_live_command(args)
 
 
@@ -62,6 +66,7 @@ def register(subparsers) -> None:
     c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     c.add_argument("--device", default="cpu", help="torch device for the model (default %(default)s)")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_overwrite(c)
     c.set_defaults(func=calibrate_live_handler)
 
     p = subparsers.add_parser("evaluate", help="perplexity / agreement / KL vs dense of live Top-θ and top-k",
@@ -81,6 +86,7 @@ def register(subparsers) -> None:
     p.add_argument("--ppl-tolerance", type=float, default=0.01, help="for the summary line (default %(default)s)")
     p.add_argument("--agreement-tolerance", type=float, default=0.01, help="for the summary line (default %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_overwrite(p)
     p.set_defaults(func=evaluate_handler)
 
     g = subparsers.add_parser("generate", help="the same prompt generated dense and with live Top-θ, side by side",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,12 +16,14 @@ def register(subparsers) -> None:
     p.add_argument("results", nargs="+", help="input files (.parquet tables, .safetensors thresholds)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--title", default="Top-θ attention: hardware cost report", help="report title")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from topθ_hw.report import build_report
 
+    prepare_output(args.out, args.results, overwrite=args.overwrite, directory=True)
     index = build_report(args.results, args.out, title=args.title)
     print(f"report: {index}")
     return 0

@@ -7,15 +7,13 @@ Parquet tables are recognised by their ``kind`` metadata (``engine-stats``, ``si
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from topθ_hw.errors import UserError
-from topθ_hw.tables import META_KEY, read_table
+from topθ_hw.tables import read_table
 
 TABLE_KINDS = ("engine-stats", "sim-results", "study-results", "quality", "quality-layers",
                "alternatives-comparison")
@@ -58,11 +56,10 @@ def _load_one(path: Path) -> Source:
         return _load_thresholds(path)
     if path.suffix != ".parquet":
         raise UserError(f"{path}: expected a .parquet table or a .safetensors threshold artifact")
-    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    kind = json.loads(raw).get("kind") if raw else None
+    frame, meta = read_table(path)  # checks the file, its metadata and the columns its kind needs
+    kind = meta.get("kind")
     if kind not in TABLE_KINDS:
         raise UserError(f"{path}: field 'kind' is {kind!r}, expected one of {list(TABLE_KINDS)}")
-    frame, meta = read_table(path, kind=kind)
     return Source(path=path, kind=kind, meta=meta, frame=frame)
 
 

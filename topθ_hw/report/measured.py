@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from topθ_hw.report.figure import Figure, files_named, png_bytes, subplots
+from topθ_hw.report.figure import Figure, files_named, legend_below, png_bytes, readable_log, subplots, ticks_at
 
 PAGE_SIZES = (1, 8, 16, 32, 64, 128)
 
@@ -47,7 +47,10 @@ def _phase_panels(table: pd.DataFrame, x: str, xlabel: str, xscale: str = "linea
             ax.plot(t[x], t["kept_fraction"], marker=".", label=method)
         ax.set(title=phase, xlabel=xlabel, ylabel="kept / dense attention elements", xscale=xscale,
                yscale="log")
-        ax.legend(fontsize=7)
+        readable_log(ax)
+        if xscale == "log":
+            ticks_at(ax, table[x].unique())
+    legend_below(fig, axes)
     return fig
 
 
@@ -89,8 +92,8 @@ def occupancy(sources) -> Figure:
         ax_pages.plot(t["page_size"], t["page_occupancy"], marker="o", label=method)
     ax_pages.set(title="decode: KV pages holding a needed row", xlabel="page size (tokens)",
                  ylabel="fraction of pages", xscale="log")
-    for ax in (ax_rows, ax_pages):
-        ax.legend(fontsize=7)
+    ticks_at(ax_pages, pages["page_size"].unique())
+    legend_below(fig, (ax_rows, ax_pages))
     table = pd.concat([rows.assign(page_size=1), pages], ignore_index=True)
     return Figure("v_row_and_page_occupancy", "V-row and page occupancy in decode",
                   "Left: V rows needed per KV group (union over its query heads) over rows stored. Right: "

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from topθ_hw.outputs import write_bytes_atomic, write_text_atomic  # noqa: F401 (compare imports them here)
 from topθ_hw.report.figure import Figure
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -17,18 +16,6 @@ figure{margin:2em 0;border-top:1px solid #ddd;padding-top:1em}img{max-width:100%
 .prov{font-size:.85em;background:#f4f4f4;border-left:4px solid #888;padding:.4em .7em}
 .prov b{text-transform:uppercase}table{border-collapse:collapse;font-size:.8em}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}caption{text-align:left}"""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-    os.replace(tmp, path)
 
 
 def _figure_html(f: Figure) -> str:

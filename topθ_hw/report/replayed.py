@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from topθ_hw.report.figure import Figure, files_named, png_bytes, subplots
+from topθ_hw.report.figure import Figure, files_named, legend_below, png_bytes, subplots
 from topθ_hw.report.measured import method_label
 
 
@@ -34,8 +34,7 @@ def decode_steps(sources) -> Figure | None:
     for (device, method), t in layers.groupby(["device", "method"]):
         ax_layer.plot(t["layer"], t["time_s"] * 1e6, marker=".", label=f"{device} {method}")
     ax_layer.set(title="per layer, mean over steps", xlabel="layer", ylabel="latency (µs)")
-    for ax in (ax_step, ax_layer):
-        ax.legend(fontsize=7)
+    legend_below(fig, (ax_step, ax_layer))
     devices = sorted(set(df["device_file"]))
     return Figure("decode_step_on_real_masks", "Decode steps simulated on the trace's real masks",
                   "Each decode step of the replayed trace, every layer and KV group with its actual V-row set "

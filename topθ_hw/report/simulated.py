@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from topθ_hw.report.figure import Figure, files_named, png_bytes, subplots
+from topθ_hw.report.figure import (Figure, files_named, legend_below, plain, png_bytes, readable_log, subplots,
+                                   ticks_at)
 
 # Axes a study sweeps besides device and method; a figure fixes the ones it does not plot.
 OTHER_AXES = ("k", "context", "batch", "page_size", "bandwidth_scale", "sram_scale", "trace")
@@ -73,14 +74,29 @@ def cost_by_device(sources, df: pd.DataFrame) -> Figure:
     fig, axes = subplots(len(metrics), width=5.0)
     for ax, (column, scale, label) in zip(axes, metrics):
         pivot = table.pivot_table(index="device", columns="method", values=column) * scale
-        pivot.plot.bar(ax=ax, rot=30)
-        ax.set(ylabel=label, xlabel="", title=label)
-        ax.legend(fontsize=7)
+        log = _spans_decades(pivot)
+        pivot.plot.bar(ax=ax, rot=30, log=log)
+        for bars in ax.containers:  # the value on each bar: µs GPU bars beside ms accelerator bars stay readable
+            ax.bar_label(bars, fmt=plain, fontsize=6, rotation=90, padding=2)
+        ax.set(ylabel=label, xlabel="", title=label + (" (log axis)" if log else ""))
+        if log:
+            ax.set_ylim(pivot.min().min() / 3, pivot.max().max() * 6)
+            readable_log(ax)
+        else:
+            ax.margins(y=0.2)
+    legend_below(fig, axes)
     cols = ["device", "method", "k", "context", "batch", "page_size", "kept_v_fraction", "time_s",
             "bytes_total", "speedup_vs_dense", "speedup_vs_topk"] + (["energy_j"] if "energy_j" in table else [])
     return Figure("cost_by_device", "Bytes, latency and energy of one decode-attention call",
                   f"One decode-attention call of the study's kernel shape at {_fixed_text(fixed)}.",
                   "simulated", provenance(sources, df), png_bytes(fig), table[cols])
+
+
+def _spans_decades(pivot: pd.DataFrame) -> bool:
+    """Bars more than 20× apart: on a linear axis the small ones vanish."""
+    values = pivot.to_numpy().ravel()
+    values = values[values > 0]
+    return len(values) > 0 and values.max() / values.min() > 20
 
 
 def _device_panels(table: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, scale: float = 1.0,
@@ -97,7 +113,10 @@ def _device_panels(table: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str
         if y.startswith("speedup"):
             ax.axhline(1.0, color="grey", lw=0.6)
         ax.set(title=device, xlabel=xlabel, ylabel=ylabel, xscale="log", yscale=yscale)
-        ax.legend(fontsize=7)
+        ticks_at(ax, t_dev[x].unique())
+        if yscale == "log":
+            readable_log(ax)
+    legend_below(fig, axes)
     return fig
 
 
@@ -145,7 +164,7 @@ def page_size_effect(sources, df: pd.DataFrame) -> Figure:
     table, fixed = reference_slice(df, ("page_size",))
     table = table[table["engine_method"] != "dense"]
     fig = _device_panels(table, "page_size", "speedup_vs_dense",
-                         "KV fetch granularity (tokens per page; 1 = row)", "speedup vs dense")
+                         "tokens per KV page (1 = row)", "speedup vs dense")
     return Figure("page_size_effect", "What fetch granularity costs the sparse methods",
                   f"Speedup against dense as the KV page grows, at {_fixed_text(fixed)}: a page is read if "
                   "it holds one needed row.", "simulated", provenance(sources, df), png_bytes(fig),

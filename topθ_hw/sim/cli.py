@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from topθ_hw.outputs import add_overwrite, prepare_output
+
 FETCHES = ["row", "page8", "page16", "page32", "page64", "page128"]
 
 
@@ -21,6 +23,7 @@ def register(subparsers) -> None:
                                                      "tpu-v5e, npu) or a path to a device .toml")
     p.add_argument("--stats", required=True, help="engine-stats Parquet file from `toptheta replay`")
     p.add_argument("--out", required=True, help="output Parquet (sim-results)")
+    add_overwrite(p)
     p.add_argument("--fetch", choices=FETCHES, default="row",
                    help="V fetch granularity: single rows (sector-rounded) or whole KV pages (default row)")
     p.add_argument("--split-tokens", type=int, default=512, help="keys per split-KV work item (default 512)")
@@ -91,6 +94,7 @@ def simulate_handler(args: argparse.Namespace) -> int:
 
     from topθ_hw.errors import UserError
 
+    prepare_output(args.out, [args.stats, args.hardware], overwrite=args.overwrite)
     device = load_device(args.hardware)
     kernel = kernel_options(args, device)
     block = getattr(kernel, "block_keys", 64)

@@ -186,9 +186,11 @@ class Device:
 
 
 def hardware_dir() -> Path:
-    """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or ``sims/hardware`` of the repository."""
+    """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or the package's ``sims/hardware``."""
+    from topθ_hw.shipped import shipped
+
     env = os.environ.get("TOPTHETA_HARDWARE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "hardware"
+    return Path(env) if env else shipped("sims/hardware")
 
 
 def known_devices() -> list[str]:
@@ -207,8 +209,8 @@ def load_device(name_or_path: str | os.PathLike) -> Device:
     if not path.exists():
         raise UserError(f"{path}: no such device file")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from exc
     return _device_from_dict(raw, path)
 
@@ -294,9 +296,11 @@ def _check_source(source, references: dict, path: Path, where: str) -> str:
         if ref not in references:
             raise UserError(f"{where}: source cites ref:{ref}, which [references] does not list")
     if source.startswith("measured:"):
-        measured = (path.parent / source[9:].split()[0].rstrip(",;:")).resolve()
-        if not measured.exists():
-            raise UserError(f"{where}: source cites measurement file {measured}, which does not exist")
+        cited = source[9:].split()[0].rstrip(",;:")
+        # A shipped device copied elsewhere keeps citing the shipped measurements.
+        if not any((folder / cited).exists() for folder in (path.parent, hardware_dir())):
+            raise UserError(f"{where}: source cites measurement file {cited}, which does not exist beside "
+                            f"{path} nor in the shipped device folder {hardware_dir()}")
     return source
 
 

@@ -20,9 +20,11 @@ GPU_FAMILY = "triton-splitkv"   # the split-KV decode kernels of sims/validation
 
 
 def kernels_dir() -> Path:
-    """Shipped family files: ``$TOPTHETA_KERNELS_DIR`` or ``sims/kernels`` of the repository."""
+    """Shipped family files: ``$TOPTHETA_KERNELS_DIR`` or the package's ``sims/kernels``."""
+    from topθ_hw.shipped import shipped
+
     env = os.environ.get("TOPTHETA_KERNELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "sims" / "kernels"
+    return Path(env) if env else shipped("sims/kernels")
 
 
 def known_families() -> list[str]:

@@ -64,7 +64,7 @@ def group_rows(df: pd.DataFrame, shape: Shape) -> pd.DataFrame:
     """The KV-group rows, checked against the metadata's shape."""
     missing = [c for c in GROUP_COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"statistics lack column(s) {missing}; expected the engine-stats columns of COMMON.md")
+        raise UserError(f"statistics lack column(s) {missing}; expected the engine-stats columns that `toptheta replay` writes (topθ_hw/engine/stats.py)")
     groups = df[df["level"] == "group"]
     if groups.empty:
         raise UserError("statistics have no level='group' rows")

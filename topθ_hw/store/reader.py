@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,8 +51,11 @@ class SequenceReader:
                                      n_rows=int(attrs["n_rows"]), token_ids=list(attrs["token_ids"]),
                                      capture_time=attrs["capture_time"], dtype=attrs["dtype"])
             self.crc32 = dict(attrs["crc32"])
-        except KeyError as exc:
-            raise TraceError(f"{self.where}: sequence attributes lack field {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceError(f"{self.where}: sequence attributes lack or mistype field {exc}") from exc
+        if not 1 <= self.info.prompt_len <= self.info.n_rows:
+            raise TraceError(f"{self.where}: field 'prompt_len' is {self.info.prompt_len}, expected 1..n_rows "
+                             f"({self.info.n_rows})")
 
     @property
     def source(self) -> str:
@@ -80,7 +84,9 @@ class SequenceReader:
         try:
             data = self.group[key][...]
         except KeyError as exc:
-            raise TraceError(f"{where}: array missing") from exc
+            if not (self.trace.path / self.name / key / "zarr.json").exists():
+                raise TraceError(f"{where}: array missing") from exc
+            raise TraceError(f"{where}: array metadata {key}/zarr.json is invalid (lacks {exc})") from exc
         except Exception as exc:
             raise TraceError(f"{where}: unreadable, store corrupt or truncated ({exc})") from exc
         expected_shape = (expected_heads, self.info.n_rows, meta.head_dim)
@@ -107,9 +113,19 @@ class SequenceReader:
                 if not np.isfinite(a).all():
                     bad = int((~np.isfinite(a)).sum())
                     raise TraceError(f"{self.where} layer {layer} {kind}: {bad} NaN/Inf values")
-        positions = np.asarray(self.group["positions"][...], dtype=np.int64)
+        positions = self._positions()
         return LayerQKV(positions=positions, scaling=float(meta.scalings[layer]),
                         sliding_window=meta.sliding_windows[layer], **arrays)
+
+    def _positions(self) -> np.ndarray:
+        try:
+            positions = np.asarray(self.group["positions"][...], dtype=np.int64)
+        except Exception as exc:  # zarr raises several types for a missing or broken chunk
+            raise TraceError(f"{self.where} positions: missing or unreadable ({exc})") from exc
+        if positions.shape != (self.info.n_rows,) or (positions < 0).any():
+            raise TraceError(f"{self.where} positions: shape {positions.shape}, expected ({self.info.n_rows},) "
+                             "non-negative positions")
+        return positions
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.trace.path / self.name).rglob("*") if p.is_file())
@@ -155,6 +171,18 @@ class Trace:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def content_id(self) -> str:
+        """Changes whenever the data does: a hash of the root metadata and, per complete sequence,
+        its name and attributes (which hold the CRC32 of every Q/K/V array, its tokens and
+        capture time) and its positions. Cheap: no Q/K/V chunk is read."""
+        h = hashlib.sha256((self.path / "zarr.json").read_bytes())
+        for name in self.sequences:
+            h.update(name.encode())
+            for file in [self.path / name / "zarr.json", *sorted((self.path / name / "positions").rglob("*"))]:
+                if file.is_file():
+                    h.update(file.relative_to(self.path).as_posix().encode() + file.read_bytes())
+        return h.hexdigest()[:16]
 
 
 def open_trace(path) -> Trace:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from topθ_hw.outputs import add_overwrite
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=2,
                    help="workers of the local cluster (default 2); 0 runs in this process without Dask")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--yes", action="store_true",
+                   help="run a study larger than the size that needs confirming (printed when it is refused)")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -31,6 +36,6 @@ def run(args) -> int:
         raise UserError(f"--workers is {args.workers}, expected 0 (in-process) or more")
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.study).stem}.parquet"
     results = run_study(args.study, out, scheduler=args.scheduler, workers=args.workers,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, overwrite=args.overwrite, yes=args.yes)
     print(f"wrote {out} ({len(results)} points)")
     return 0

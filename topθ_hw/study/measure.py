@@ -93,8 +93,8 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, client=None, l
                           "measure_version": MEASURE_VERSION})
         path = cache_dir / f"kept-{key}.json"
         cached[(trace, method, k)] = path
-        if path.exists():
-            continue
+        if _decode(parts.read_json(path)) is not None:
+            continue  # cached by an earlier run; a damaged cache file is recomputed
         job = jobs.setdefault((trace, k), {"trace": trace, "trace_path": task["trace_path"],
                                            "trace_id": task["trace_id"], "k": k, "sparsity": study.sparsity,
                                            "progress": progress and client is None, "methods": {},
@@ -115,7 +115,14 @@ def measure_all(study: Study, tasks: list[dict], cache_dir: Path, client=None, l
     run_tasks(list(jobs.values()), measure_job, save, client=client, progress=progress and client is not None,
               desc="replays", unit="k")
     return {key: _decode(parts.read_json(path)) for key, path in cached.items()}
-def _decode(raw: dict) -> dict:
-    """JSON keys are strings; the fractions are looked up by int context and page size."""
-    return {"measured_range": tuple(raw["measured_range"]),
-            "fractions": {int(c): {int(p): f for p, f in fr.items()} for c, fr in raw["fractions"].items()}}
+
+
+def _decode(raw) -> dict | None:
+    """JSON keys are strings; the fractions are looked up by int context and page size. None when
+    the cached file is not what :func:`measure_job` writes."""
+    try:
+        return {"measured_range": tuple(raw["measured_range"]),
+                "fractions": {int(c): {int(p): float(f) for p, f in fr.items()}
+                              for c, fr in raw["fractions"].items()}}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None

@@ -11,14 +11,13 @@ itself then serves as the record of finished points.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from topθ_hw.errors import UserError
+from topθ_hw.outputs import write_text_atomic
 from topθ_hw.tables import read_table, write_table
 
 PART_KIND = "study-part"
@@ -55,17 +54,27 @@ def finished_rows(results_path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("point_hash", keep="last")
 
 
+def same_study(results_path, name: str) -> bool:
+    """Whether ``results_path`` holds (partial) results of the study called ``name``: the state a
+    re-run resumes from. Anything else at that path is another job's output."""
+    try:
+        _, meta = read_table(results_path, kind=RESULTS_KIND)
+    except UserError:
+        return False
+    return (meta.get("study") or {}).get("study", {}).get("name") == name
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, sort_keys=True))
 
 
 def read_json(path: Path):
-    with open(path) as f:
-        return json.load(f)
+    """A cached JSON file, or None when it is missing or damaged (then it is recomputed)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def remove_parts(results_path) -> None:

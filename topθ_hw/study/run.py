@@ -3,14 +3,15 @@ the remaining points on Dask and assemble the results table."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from topθ_hw.errors import TraceError, UserError
+from topθ_hw.outputs import clear_output, prepare_output
 from topθ_hw.store import open_trace
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
@@ -74,22 +75,33 @@ def preflight(study: Study) -> None:
                             f"largest 'axes.context' × 'axes.batch' ({rows} rows): {exc}") from None
 
 
+CONFIRM_POINTS = 50_000  # a larger study plans for minutes: it runs only when the user says --yes
+
+
+def confirm_size(study: Study, yes: bool, log) -> None:
+    n = math.prod(len(v) for v in study.axes.values())
+    print(f"study {study.name}: {n} points ({' × '.join(f'{len(v)} {k}' for k, v in study.axes.items())})",
+          file=log, flush=True)
+    if n > CONFIRM_POINTS and not yes:
+        raise UserError(f"{study.path}: {n} points is more than {CONFIRM_POINTS}; planning alone takes minutes. "
+                        "Pass --yes to run it, or shorten an axis")
+
+
 def resolve_trace(study: Study, trace: str) -> Path:
     """A trace path as given, else relative to the repository that holds the study file."""
-    candidates = [Path(trace)] + [parent / trace for parent in study.path.resolve().parents]
+    from topθ_hw.shipped import shipped
+
+    candidates = [Path(trace)] + [parent / trace for parent in study.path.resolve().parents] + [shipped(trace)]
     for path in candidates:
         if (path / "zarr.json").exists():
             return path.resolve()
     raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store "
-                    "(no zarr.json there or in the study file's parent directories)")
+                    "(no zarr.json there, in the study file's parent directories or among the shipped traces)")
 
 
 def trace_identity(path: Path) -> str:
-    """Changes when the trace does: the hash of its root metadata and sequence list."""
-    h = hashlib.sha256((path / "zarr.json").read_bytes())
-    for seq in sorted(p.name for p in path.iterdir() if p.is_dir()):
-        h.update(seq.encode())
-    return h.hexdigest()[:16]
+    """Changes when the trace's contents do (per-array CRC32s, tokens, positions), not only its path."""
+    return open_trace(path).content_id()
 
 
 def build_tasks(study: Study) -> list[dict]:
@@ -125,9 +137,18 @@ def attach_kept(tasks: list[dict], measured: dict[tuple, dict]) -> None:
 
 
 def run_study(study_path, out, scheduler: str | None = None, workers: int = 2,
-              progress: bool = True, log=sys.stderr) -> pd.DataFrame:
-    """Run (or resume) a study; returns and writes the results table to ``out``."""
+              progress: bool = True, log=sys.stderr, overwrite: bool = False, yes: bool = True) -> pd.DataFrame:
+    """Run (or resume) a study; returns and writes the results table to ``out``. An existing ``out``
+    must be this study's earlier (partial) results, unless ``overwrite``; a study of more than
+    ``CONFIRM_POINTS`` points runs only with ``yes``."""
+    out = Path(out)
     study = validate(study_path)
+    prepare_output(out, [study.path, *(resolve_trace(study, t) for t in study.axes["trace"])],
+                   overwrite=overwrite, resumable=lambda path: parts.same_study(path, study.name))
+    if overwrite and not parts.same_study(out, study.name):
+        clear_output(out)
+        parts.remove_parts(out)
+    confirm_size(study, yes, log)
     tasks = build_tasks(study)
     done = parts.finished_rows(out)
     done = done[done["point_hash"].isin({t["point_hash"] for t in tasks})]

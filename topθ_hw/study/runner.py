@@ -9,12 +9,18 @@ orders the rows by point, not by completion.
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from topθ_hw.errors import UserError
+
+CONNECT_TIMEOUT_S = 5
 BATCHES_PER_WORKER = 8
 MAX_BATCH = 25
 
@@ -29,6 +35,19 @@ def batches(tasks: list[dict], n_workers: int) -> list[list[dict]]:
 
 
 @contextmanager
+def sigint_ignored():
+    """SIGINT ignored while worker processes start (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def dask_client(scheduler: str | None = None, workers: int = 2):
     """A Dask client: on the scheduler at ``scheduler``, on a fresh LocalCluster of ``workers``
     worker processes, or None (run in this process) when ``workers == 0`` and no scheduler."""
@@ -40,9 +59,14 @@ def dask_client(scheduler: str | None = None, workers: int = 2):
     cluster = None
     if scheduler is None:
         # Processes, one thread each: the simulator is pure Python and holds the GIL.
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=40)
-    client = Client(scheduler if scheduler else cluster)
+        with sigint_ignored():  # the workers inherit it: Ctrl-C reaches this process alone, not 2 × 30 lines
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S) if scheduler else Client(cluster)
+    except (OSError, TimeoutError) as exc:
+        raise UserError(f"--scheduler {scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s "
+                        f"({type(exc).__name__}); start one with `dask scheduler` or leave --scheduler out") from None
     try:
         yield client
     finally:

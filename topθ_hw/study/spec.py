@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +104,12 @@ def load_study(path, known_device=None) -> Study:
     """Read and validate a study file. ``known_device(name) -> bool`` checks device names."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such study file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a study .toml file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
     _check_keys(path, "", raw, {"study", "kernel", "sparsity", "methods", "axes"})
     if "axes" not in raw:
@@ -139,7 +142,7 @@ def _check_table(path, table, raw, types) -> None:
 def _check_type(path, where, value, expected) -> None:
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if expected is list:
         element = int if where.endswith(".layers") else str
         ok = isinstance(value, list) and all(isinstance(v, element) for v in value)

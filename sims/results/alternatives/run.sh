@@ -10,8 +10,8 @@ WORK=${WORK:-/tmp/toptheta-alternatives}
 mkdir -p "$WORK"
 [ -d "$WORK/gen2k.zarr" ] ||
   .venv/bin/toptheta capture --text traces/texts/kjv-genesis.txt traces/texts/austen-pride-and-prejudice.txt \
-    --max-prompt-tokens 2048 --max-new-tokens 32 --out "$WORK/gen2k.zarr" --quiet
+    --max-prompt-tokens 2048 --max-new-tokens 32 --out "$WORK/gen2k.zarr" --quiet --overwrite
 .venv/bin/toptheta compare --traces traces/smollm2-135m.zarr "$WORK/gen2k.zarr" --max-tokens 4096 \
-  --compensation sdc=exact+vmc --out "$WORK/compare"
+  --compensation sdc=exact+vmc --out "$WORK/compare" --overwrite
 cp "$WORK"/compare/alternatives.{csv,md,png} "$WORK"/compare/command.txt sims/results/alternatives/
-.venv/bin/toptheta report "$WORK/compare/alternatives.parquet" --out "$WORK/report"
+.venv/bin/toptheta report "$WORK/compare/alternatives.parquet" --out "$WORK/report" --overwrite

@@ -16,15 +16,15 @@ for domain in austen other; do
   # thresholds for every k and both placements, from one dense pass over 1024-token windows
   [ -f "$WORK/thresholds-$domain/k16-post.safetensors" ] ||
     .venv/bin/toptheta calibrate-live --model "$MODEL" --text ${TEXTS[$domain]} --k "$KS" --layer-k "$LAYER_K" \
-      --placement pre,post --sigma 0.1 --window 1024 --out "$WORK/thresholds-$domain"
+      --placement pre,post --sigma 0.1 --window 1024 --out "$WORK/thresholds-$domain" --overwrite
 done
 # live evaluation on the other domain, both directions (in parallel, one thread each: the 2-core
 # machine was shared; MAX_TOKENS=0 evaluates the whole held-out text)
 MAX_TOKENS=${MAX_TOKENS:-3072}
 .venv/bin/toptheta evaluate --threads 1 --model "$MODEL" --thresholds "$WORK/thresholds-austen" --text ${TEXTS[other]} \
   --k "$KS" --variants "$VARIANTS" --window 1024 --max-tokens "$MAX_TOKENS" \
-  --out sims/results/quality/calib-austen_eval-other &
+  --out sims/results/quality/calib-austen_eval-other --overwrite &
 .venv/bin/toptheta evaluate --threads 1 --model "$MODEL" --thresholds "$WORK/thresholds-other" --text ${TEXTS[austen]} \
   --k "$KS" --variants "$VARIANTS" --window 1024 --max-tokens "$MAX_TOKENS" \
-  --out sims/results/quality/calib-other_eval-austen &
+  --out sims/results/quality/calib-other_eval-austen --overwrite &
 wait

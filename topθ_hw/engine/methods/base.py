@@ -119,7 +119,7 @@ def valid_keep(block: ScoreBlock) -> np.ndarray:
 def parse_layer_k(spec: str | None, k: int, n_layers: int, where: str = "--layer-k") -> np.ndarray:
     """'0:512,1:512' → per-layer k array (others get k); errors name the bad item."""
     if k < 1:
-        raise UserError(f"{where}: k must be ≥ 1, got {k}")
+        raise UserError(f"--k must be ≥ 1, got {k}")
     out = np.full(n_layers, int(k), np.int64)
     for item in filter(None, (s.strip() for s in (spec or "").split(","))):
         try:
