@@ -253,7 +253,7 @@ def test_copied_shipped_device_still_loads(made, tmp_path, capsys):
 @pytest.mark.parametrize("flags, expect", [
     (["--batch", "1", "--context", "1000000000"], "hbm_capacity_GB"),
     (["--batch", "0", "--context", "4096"], "≥ 1"),
-    (["--batch", "1", "--context", "4096", "--kept-v-fraction", "2"], "kept_v_fraction"),
+    (["--batch", "1", "--context", "4096", "--kept-v-fraction", "2"], "--kept-v-fraction"),
     (["--batch", "1", "--context", "4096", "--split-tokens", "0"], "--split-tokens"),
     (["--batch", "1", "--context", "4096", "--dtype", "int3"], "dtype"),
     (["--batch", "x", "--context", "4096"], "--batch"),

@@ -104,6 +104,8 @@ def simulate_kernel(hardware: str | Device, batch: int, context: int, q_heads: i
     a multiple of its tile length. The result's ``kernel`` entry names what was simulated.
     """
     device = hardware if isinstance(hardware, Device) else load_device(hardware)
+    if dtype not in ELEMENT_BYTES:
+        raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(sorted(ELEMENT_BYTES))}")
     if device.dma is not None:  # accelerators: the DMA kernel family of their architecture (dma.py)
         from topθ_hw.sim.dma_kernel import DmaKernel, dma_kernel_for
         kernel = kernel if isinstance(kernel, DmaKernel) else dma_kernel_for(device)
