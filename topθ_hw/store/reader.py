@@ -25,6 +25,7 @@ class LayerQKV:
     positions: np.ndarray  # [T] int64
     scaling: float
     sliding_window: int | None
+    decode_every: int = 1  # decode rows whose step is not a multiple of this hold no real query
 
 
 def widen(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -48,7 +49,8 @@ class SequenceReader:
         try:
             self.info = SequenceInfo(name=name, source=attrs["source"], prompt_len=int(attrs["prompt_len"]),
                                      n_rows=int(attrs["n_rows"]), token_ids=list(attrs["token_ids"]),
-                                     capture_time=attrs["capture_time"], dtype=attrs["dtype"])
+                                     capture_time=attrs["capture_time"], dtype=attrs["dtype"],
+                                     decode_every=int(attrs.get("decode_every", 1)))
             self.crc32 = dict(attrs["crc32"])
         except KeyError as exc:
             raise TraceError(f"{self.where}: sequence attributes lack field {exc}") from exc
@@ -109,7 +111,7 @@ class SequenceReader:
                     raise TraceError(f"{self.where} layer {layer} {kind}: {bad} NaN/Inf values")
         positions = np.asarray(self.group["positions"][...], dtype=np.int64)
         return LayerQKV(positions=positions, scaling=float(meta.scalings[layer]),
-                        sliding_window=meta.sliding_windows[layer], **arrays)
+                        sliding_window=meta.sliding_windows[layer], decode_every=self.info.decode_every, **arrays)
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.trace.path / self.name).rglob("*") if p.is_file())
