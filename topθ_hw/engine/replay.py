@@ -89,8 +89,9 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
                 prefill_stride: int = 1, decode_every: int = 1) -> list[Chunk]:
     """Split rows into chunks that keep G·R·m ≤ SCORE_BUDGET (at least one tile or step each).
 
-    ``prefill_stride = S`` samples the prefill: only query tiles 0, S, 2S, ... are planned (one
-    chunk each). ``decode_every = N``: only decode steps 0, N, 2N, ... (a trace captured with
+    ``prefill_stride = S`` samples the prefill: only the middle tile of every S consecutive query
+    tiles (tiles S//2, S//2 + S, ...) is planned, one chunk each (the middle, not the first: kept
+    fractions fall with n, so the first tile of each group would bias the estimate upwards). ``decode_every = N``: only decode steps 0, N, 2N, ... (a trace captured with
     ``--decode-every N`` holds no real query for the others), one chunk each.
     """
     chunks = []
@@ -101,7 +102,7 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
     t = 0
     if prefill_stride > 1:
         chunks = [Chunk(s, min(s + TILE, prompt_len), "prefill", [(s, min(s + TILE, prompt_len))])
-                  for s in range(0, prompt_len, TILE * prefill_stride)]
+                  for s in range(TILE * (prefill_stride // 2), prompt_len, TILE * prefill_stride)]
         t = prompt_len
     while t < prompt_len:
         t1 = min(t + TILE, prompt_len)
