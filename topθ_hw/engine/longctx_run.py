@@ -77,7 +77,7 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
         dec = pd.concat(decs, ignore_index=True)
         rows.append(summarise(pd.concat(pres, ignore_index=True), dec, args.contexts, args.prefill_stride)
                     .assign(**label))
-        if args.raw:
+        if args.raw or args.masks:
             raw.append(dec[dec.level == "group"].assign(**label))
     table = pd.concat(rows, ignore_index=True)
     front = ["method", "calibration", "extrapolate", "k", "context"]
@@ -85,14 +85,36 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
     meta = {"kind": "longctx-table", "trace": str(trace.path), "sequence": args.sequence, "source": seq.source,
             "model_id": trace.meta.model_id, "layers": layers, "prefill_stride": args.prefill_stride,
             "calibration_trace": str(args.calibration_traces), "calibration_sequence": args.calibration_sequence,
-            "sigma": args.sigma, "placement": "pre", "command": " ".join(sys.argv)}
+            "sigma": args.sigma, "placement": "pre", "command": " ".join(sys.argv),
+            "n_q_heads": trace.meta.n_q_heads, "n_kv_heads": trace.meta.n_kv_heads,
+            "model_file_sha256": trace.meta.model_file_sha256}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False, float_format="%.5g")
     out.with_suffix(".md").write_text(to_markdown(table) + "\n")
     if args.raw:
         write_table(pd.concat(raw, ignore_index=True), args.raw, meta)
+    if args.masks:
+        write_masks(pd.concat(raw, ignore_index=True), args, meta)
     return table
+
+
+def write_masks(raw: pd.DataFrame, args, meta: dict) -> None:
+    """The compact measured-mask file: Top-θ (longest calibration, ``--mask-extrapolate``) and top-k
+    at ``--mask-ks``, layers ``--mask-layers``, the first ``--mask-steps`` steps of each context."""
+    from topθ_hw.study.masks import write_mask_stats
+
+    theta = (raw.method == "toptheta") & (raw.n_cal == max(args.cal_rows)) & (raw.extrapolate == args.mask_extrapolate)
+    pick = (theta | (raw.method == "topk")) & raw.k.isin(args.mask_ks) & raw.layer.isin(args.mask_layers) & \
+        (raw.step < args.mask_steps) & (raw.context >= min(args.mask_contexts))
+    chosen = raw[pick]
+    info = {**meta, "mask_layers": args.mask_layers, "mask_ks": args.mask_ks, "mask_steps": args.mask_steps,
+            "toptheta_calibration": f"{chosen[chosen.method == 'toptheta'].calibration.iloc[0]}",
+            "toptheta_extrapolate": args.mask_extrapolate, "n_kv_heads": meta["n_kv_heads"]}
+    sums = chosen.groupby(["method", "k", "context"])[["kept_v_rows", "v_rows_total"]].sum()
+    info["kept_v_rows"] = [[m, int(k), int(c), int(r.kept_v_rows), int(r.v_rows_total)] for (m, k, c), r in sums.iterrows()]
+    path = write_mask_stats(chosen, args.masks, info)
+    print(f"wrote {path}: {len(chosen)} masks, {path.stat().st_size / 1e6:.2f} MB", file=sys.stderr)
 
 
 def parse(argv=None):
@@ -113,6 +135,12 @@ def parse(argv=None):
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--out", required=True, help="table path without suffix (.csv and .md are written)")
     p.add_argument("--raw", default=None, help="Parquet file for the decode V-row masks (not committed)")
+    p.add_argument("--masks", default=None, help="compact measured-mask file to write (.safetensors)")
+    p.add_argument("--mask-layers", type=ints, default=[])
+    p.add_argument("--mask-ks", type=ints, default=[32, 64, 128])
+    p.add_argument("--mask-steps", type=int, default=16, help="decode steps kept per context")
+    p.add_argument("--mask-contexts", type=ints, default=[4096], help="smallest context cut kept")
+    p.add_argument("--mask-extrapolate", default="hold")
     return p.parse_args(argv)
 
 

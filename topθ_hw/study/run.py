@@ -15,6 +15,7 @@ from topθ_hw.store import open_trace
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
 from topθ_hw.study.kept import kept_fraction
+from topθ_hw.study.masks import load_mask_stats
 from topθ_hw.study.measure import MEASURE_VERSION, measure_all
 from topθ_hw.study.runner import dask_client, run_tasks
 from topθ_hw.study.spec import Study, load_study, point_hash
@@ -42,7 +43,8 @@ def validate(study_path) -> Study:
         raise UserError(f"{study.path}: table [kernel]: {exc}") from None
     for trace in study.axes["trace"]:
         try:
-            open_trace(resolve_trace(study, trace))
+            path = resolve_trace(study, trace)
+            load_mask_stats(path) if is_mask_file(path) else open_trace(path)
         except TraceError as exc:
             raise UserError(f"{study.path}: 'axes.trace' names {trace!r}: {exc}") from None
     preflight(study)
@@ -71,14 +73,21 @@ def resolve_trace(study: Study, trace: str) -> Path:
     """A trace path as given, else relative to the repository that holds the study file."""
     candidates = [Path(trace)] + [parent / trace for parent in study.path.resolve().parents]
     for path in candidates:
-        if (path / "zarr.json").exists():
+        if (path / "zarr.json").exists() or (is_mask_file(path) and path.is_file()):
             return path.resolve()
-    raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store "
-                    "(no zarr.json there or in the study file's parent directories)")
+    raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store (no zarr.json) "
+                    "or a measured mask file (*.safetensors) there or in the study file's parent directories")
+
+
+def is_mask_file(path: Path) -> bool:
+    """A measured mask-statistics file (topθ_hw.study.masks) rather than a trace store."""
+    return Path(path).suffix == ".safetensors"
 
 
 def trace_identity(path: Path) -> str:
-    """Changes when the trace does: the hash of its root metadata and sequence list."""
+    """Changes when the trace does: the hash of its root metadata and sequence list (or of the mask file)."""
+    if is_mask_file(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     h = hashlib.sha256((path / "zarr.json").read_bytes())
     for seq in sorted(p.name for p in path.iterdir() if p.is_dir()):
         h.update(seq.encode())
@@ -113,6 +122,7 @@ def attach_kept(tasks: list[dict], measured: dict[tuple, dict]) -> None:
         fractions = m["fractions"].get(task["context"])
         fraction, source = kept_fraction(fractions, m["measured_range"], task["context"], task["page_size"],
                                          task["k"], task["engine_method"])
+        source = m.get("sources", {}).get(task["context"], source) if source != "dense" else source
         task.update(kept_v_fraction=fraction, kept_source=source,
                     kept_rows_fraction=fractions[1] if source != "dense" else 1.0)
 
