@@ -77,7 +77,7 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
         dec = pd.concat(decs, ignore_index=True)
         rows.append(summarise(pd.concat(pres, ignore_index=True), dec, args.contexts, args.prefill_stride)
                     .assign(**label))
-        if args.raw or args.masks:
+        if args.raw or args.masks or args.stretch_from:
             raw.append(dec[dec.level == "group"].assign(**label))
     table = pd.concat(rows, ignore_index=True)
     front = ["method", "calibration", "extrapolate", "k", "context"]
@@ -96,7 +96,38 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
         write_table(pd.concat(raw, ignore_index=True), args.raw, meta)
     if args.masks:
         write_masks(pd.concat(raw, ignore_index=True), args, meta)
+    if args.stretch_from:
+        stretch = stretch_vs_measured(pd.concat(raw, ignore_index=True), args)
+        stretch.to_csv(out.with_name(out.name + "-stretch.csv"), index=False, float_format="%.5g")
+        out.with_name(out.name + "-stretch.md").write_text(to_markdown(stretch) + "\n")
     return table
+
+
+def chosen_variant(raw: pd.DataFrame, args) -> pd.Series:
+    """Top-θ calibrated on the longest calibration prefix with ``--mask-extrapolate``, and top-k."""
+    theta = (raw.method == "toptheta") & (raw.n_cal == max(args.cal_rows)) & (raw.extrapolate == args.mask_extrapolate)
+    return theta | (raw.method == "topk")
+
+
+def stretch_vs_measured(raw: pd.DataFrame, args) -> pd.DataFrame:
+    """kept.py's rule (masks at ``--stretch-from`` stretched, count held) against the masks measured
+    at each longer context, for every layer of the table, per method and k."""
+    from topθ_hw.study.kept import kept_masks, kept_fractions
+
+    raw = raw[chosen_variant(raw, args)]
+    rows = []
+    for (method, k), part in raw.groupby(["method", "k"]):
+        by_cut = {c: kept_masks(g.assign(level="group", phase="decode")) for c, g in part.groupby("context")}
+        short = by_cut.get(args.stretch_from)
+        for cut, masks in by_cut.items():
+            if short is None or cut <= args.stretch_from:
+                continue
+            measured, stretched = kept_fractions(masks, cut), kept_fractions(short, cut)
+            for page in (1, 16, 64):
+                rows.append({"method": method, "k": k, "context": cut, "page": page, "measured": measured[page],
+                             f"stretched_from_{args.stretch_from}": stretched[page],
+                             "stretched_over_measured": stretched[page] / measured[page]})
+    return pd.DataFrame(rows)
 
 
 def write_masks(raw: pd.DataFrame, args, meta: dict) -> None:
@@ -104,8 +135,7 @@ def write_masks(raw: pd.DataFrame, args, meta: dict) -> None:
     at ``--mask-ks``, layers ``--mask-layers``, the first ``--mask-steps`` steps of each context."""
     from topθ_hw.study.masks import write_mask_stats
 
-    theta = (raw.method == "toptheta") & (raw.n_cal == max(args.cal_rows)) & (raw.extrapolate == args.mask_extrapolate)
-    pick = (theta | (raw.method == "topk")) & raw.k.isin(args.mask_ks) & raw.layer.isin(args.mask_layers) & \
+    pick = chosen_variant(raw, args) & raw.k.isin(args.mask_ks) & raw.layer.isin(args.mask_layers) & \
         (raw.step < args.mask_steps) & (raw.context >= min(args.mask_contexts))
     chosen = raw[pick]
     info = {**meta, "mask_layers": args.mask_layers, "mask_ks": args.mask_ks, "mask_steps": args.mask_steps,
@@ -141,6 +171,8 @@ def parse(argv=None):
     p.add_argument("--mask-steps", type=int, default=16, help="decode steps kept per context")
     p.add_argument("--mask-contexts", type=ints, default=[4096], help="smallest context cut kept")
     p.add_argument("--mask-extrapolate", default="hold")
+    p.add_argument("--stretch-from", type=int, default=None,
+                   help="also compare kept.py's stretching of the masks at this context cut with the measured ones")
     return p.parse_args(argv)
 
 
