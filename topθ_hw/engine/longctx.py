@@ -78,16 +78,23 @@ def layer_tables(qkv, layer: int, method, prompt_len: int, group: int, prefill_s
 def prefill_fraction(heads: pd.DataFrame, n: int, stride: int) -> float:
     """Kept fraction of an n-token causal prefill from per-(layer, head, tile) rows.
 
-    Full replay: the ratio of sums. Row-sampled (every ``stride``-th tile, n a multiple of
-    ``stride`` tiles): ``stride`` × the kept elements of the sampled tiles over the exact dense
-    count n(n+1)/2 per head. Kept counts per row vary little with n (about k) while dense counts
-    grow with n, so scaling the kept count is far less biased than the ratio over sampled rows.
+    Full replay (``stride`` 1): the ratio of sums. Row-sampled (every ``stride``-th tile): the
+    kept count per row, summed over layers and heads, is interpolated linearly in the row index
+    between the sampled tiles' centres (and from 0 kept before row 0, flat past the last
+    centre) and summed over rows 0 … n−1; the dense count n(n+1)/2 per head is exact. Kept
+    counts grow like n while rows are dense (n ≤ k) and level off near k after, which a
+    piecewise-linear curve follows; scaling sampled sums or taking the ratio over the sampled
+    rows only is biased at short n (tests/test_longctx.py states the error).
     """
     p = heads[heads.row_end <= n]
     if stride == 1:
         return p.kept_elements.sum() / p.dense_elements.sum()
+    tiles = p.groupby(["row_start", "row_end"]).kept_elements.sum().reset_index()
+    centres = (tiles.row_start + tiles.row_end - 1).to_numpy() / 2
+    per_row = tiles.kept_elements.to_numpy() / (tiles.row_end - tiles.row_start).to_numpy()
+    kept = np.interp(np.arange(n), np.r_[-1.0, centres], np.r_[0.0, per_row]).sum()
     pairs = len(p.groupby(["layer", "head"]))
-    return stride * p.kept_elements.sum() / (pairs * n * (n + 1) / 2)
+    return kept / (pairs * n * (n + 1) / 2)
 
 
 def summarise(prefill: pd.DataFrame, decode: pd.DataFrame, contexts=CONTEXTS, stride: int = 1) -> pd.DataFrame:

@@ -25,6 +25,7 @@ TILE = 64
 SCORE_BUDGET = 1 << 20   # float32 elements per prefill score block (4 MiB, probs twice that: near L2)
 DECODE_BUDGET = 1 << 22  # decode blocks may be larger: more steps per block stream K fewer times
 MAX_CHUNK_ROWS = 512
+EXACT_HEAD_TILES = 4     # row-sampled prefill still replays the first 4 tiles (rows 0..255) in full
 SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers kept V rows instead of a GEMM
 # Numba threads for the kernels. Default 1: on a shared machine (this project's 2 cores run
 # several jobs) every parallel region waits for a descheduled worker, which made 2 threads 6×
@@ -89,9 +90,9 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
                 prefill_stride: int = 1, decode_every: int = 1) -> list[Chunk]:
     """Split rows into chunks that keep G·R·m ≤ SCORE_BUDGET (at least one tile or step each).
 
-    ``prefill_stride = S`` samples the prefill: only the middle tile of every S consecutive query
-    tiles (tiles S//2, S//2 + S, ...) is planned, one chunk each (the middle, not the first: kept
-    fractions fall with n, so the first tile of each group would bias the estimate upwards). ``decode_every = N``: only decode steps 0, N, 2N, ... (a trace captured with
+    ``prefill_stride = S`` samples the prefill: the first ``EXACT_HEAD_TILES`` query tiles (where
+    rows are short and kept counts change fastest) and then the middle tile of every S consecutive
+    tiles, one chunk each (the middle, not the first: kept fractions fall with n). ``decode_every = N``: only decode steps 0, N, 2N, ... (a trace captured with
     ``--decode-every N`` holds no real query for the others), one chunk each.
     """
     chunks = []
@@ -101,8 +102,10 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
 
     t = 0
     if prefill_stride > 1:
-        chunks = [Chunk(s, min(s + TILE, prompt_len), "prefill", [(s, min(s + TILE, prompt_len))])
-                  for s in range(TILE * (prefill_stride // 2), prompt_len, TILE * prefill_stride)]
+        tiles = [i for i in range(-(-prompt_len // TILE))
+                 if i < EXACT_HEAD_TILES or (i - EXACT_HEAD_TILES) % prefill_stride == prefill_stride // 2]
+        chunks = [Chunk(i * TILE, min((i + 1) * TILE, prompt_len), "prefill",
+                        [(i * TILE, min((i + 1) * TILE, prompt_len))]) for i in tiles]
         t = prompt_len
     while t < prompt_len:
         t1 = min(t + TILE, prompt_len)
