@@ -90,8 +90,8 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
             "model_file_sha256": trace.meta.model_file_sha256}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out.with_suffix(".csv"), index=False, float_format="%.5g")
-    out.with_suffix(".md").write_text(to_markdown(table) + "\n")
+    table.to_csv(out.with_name(out.name + ".csv"), index=False, float_format="%.5g")
+    out.with_name(out.name + ".md").write_text(to_markdown(table) + "\n")
     if args.raw:
         write_table(pd.concat(raw, ignore_index=True), args.raw, meta)
     if args.masks:

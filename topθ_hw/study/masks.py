@@ -65,6 +65,7 @@ def write_mask_stats(frame: pd.DataFrame, out, meta: dict) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(blob)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     return out
 
