@@ -50,7 +50,6 @@ def test_measured_fractions_label_measured_and_extrapolated(small_file):
         measured_fractions(stats, "toptheta", 16, [256])
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped mask file not generated in this checkout")
 def test_shipped_mask_file_matches_a_recount_of_its_bits():
     stats = load_mask_stats(SHIPPED)
     c = stats.columns
