@@ -61,6 +61,14 @@ def test_decode_stride_keeps_every_nth_query_and_all_keys(lm, one_shot, tmp_path
     kept, skipped = [300, 304], [301, 302, 303, 305]
     assert np.array_equal(got.q[:, kept], ref.q[:, kept]) and not got.q[:, skipped].any()
     assert np.array_equal(got.k, ref.k) and np.array_equal(got.v, ref.v)
+    # replay skips the steps without a real query, and refuses methods that need every step
+    from topθ_hw.engine.methods import TopK
+    from topθ_hw.engine.methods.h2o import H2O
+    from topθ_hw.engine.run import replay_trace
+    frame, _ = replay_trace(open_trace(out), TopK(k=16), ["seq_0000"], [7], decode_only=True)
+    assert sorted(frame[frame.level == "group"].step.unique()) == [0, 4]
+    with pytest.raises(UserError, match="every 4th decode step"):
+        replay_trace(open_trace(out), H2O(budget=32, recent=8), ["seq_0000"], [7], decode_only=True)
 
 
 def test_not_enough_disk_is_refused_before_anything_is_written(lm, tmp_path, monkeypatch):
