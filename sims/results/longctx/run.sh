@@ -2,7 +2,7 @@
 # Long-context traces, tables, measured mask file and replay benchmark (issue 11), exactly as run.
 # Raw traces go to $LONG (not committed: 1-2 GB each); the tables, the mask file and the
 # benchmark result are committed. Run from the repository root with the package's venv active.
-# Heavy: on this project's shared 2-core machine the 16k capture took ~45 min (see README.md).
+# Heavy: on this project's shared 2-core machine the 16k capture took 40 min, the tables 17 min, the benchmark 8 min (see README.md).
 set -eu
 LONG=${LONG:-/work/traces-long}
 PY=${PY:-python}
