@@ -33,6 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--layers", metavar="SPEC",
                    help="store only these layers, e.g. '0,1,2-28:2,29' (ranges inclusive, ':step'); default all. "
                         "The model still runs every layer; a subset keeps shipped traces small")
+    p.add_argument("--chunk-tokens", type=int, default=None, metavar="N",
+                   help="run the prompt in passes of N tokens through the KV cache, storing each pass's rows as "
+                        "they come (memory bounded by one chunk; e.g. 1024 for 8k-32k prompts); default one pass")
+    p.add_argument("--decode-every", type=int, default=1, metavar="N",
+                   help="keep the queries of every Nth decode step only (K/V of all steps are kept: later steps "
+                        "attend to them); replay skips the others")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_capture)
@@ -50,7 +56,8 @@ def run_capture(args) -> int:
         out = capture_texts(args.text, args.out, model=args.model, max_prompt_tokens=args.max_prompt_tokens,
                             max_new_tokens=args.max_new_tokens, dtype=args.dtype, truncate=args.truncate,
                             overwrite=args.overwrite, progress=not args.quiet,
-                            layers=parse_layers(args.layers) if args.layers else None)
+                            layers=parse_layers(args.layers) if args.layers else None,
+                            chunk_tokens=args.chunk_tokens, decode_every=args.decode_every)
     print(f"wrote {out}; inspect it with: toptheta traces info {out}")
     return 0
 

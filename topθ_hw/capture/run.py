@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from topθ_hw import __version__
+from topθ_hw.capture.chunked import DecodeStride, check_disk, prefill_chunks
 from topθ_hw.capture.hook import capture
 from topθ_hw.capture.models import DTYPES, LoadedModel, load_model, resolve
 from topθ_hw.errors import UserError
@@ -135,20 +136,21 @@ class BackgroundAppender:
 
 
 def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, sink, meta,
-                          progress=None) -> list[int]:
-    """Prefill ``ids`` then ``max_new_tokens`` greedy decode steps, all recorded into ``sink``.
+                          progress=None, chunk_tokens: int | None = None, decode_every: int = 1) -> list[int]:
+    """Prefill ``ids`` (in passes of ``chunk_tokens`` through the cache) then ``max_new_tokens``
+    greedy decode steps, all recorded into ``sink`` (every ``decode_every``-th step's queries).
 
     Returns the tokens that own the stored rows: the prompt followed by the token fed at
     each decode step (row t of every layer belongs to token t).
     """
     tokens = list(ids)
-    appender = BackgroundAppender(sink)
+    appender = BackgroundAppender(DecodeStride(sink, len(ids), decode_every))
     try:
         with capture(lm.model, appender) as recorder:
-            greedy_generate(lm.model, ids, max_new_tokens, tokens, progress)
+            greedy_generate(lm.model, ids, max_new_tokens, tokens, progress, chunk_tokens)
     finally:
         appender.close()  # all rows on disk (or the write error) before the sequence is finalised
-    recorder.check_all_layers_seen(1 + max_new_tokens)
+    recorder.check_all_layers_seen(len(prefill_chunks(len(ids), chunk_tokens)) + max_new_tokens)
     for layer, s in recorder.scalings.items():
         if s != meta.scalings[layer]:
             raise UserError(f"layer {layer}: attention was called with scaling {s}, but the module says "
@@ -157,8 +159,9 @@ def generate_with_capture(lm: LoadedModel, ids: list[int], max_new_tokens: int, 
 
 
 def greedy_generate(model, ids: list[int], max_new_tokens: int, tokens: list[int] | None = None,
-                    progress=None):
-    """Prefill ``ids``, then ``max_new_tokens`` greedy decode steps (EOS not special).
+                    progress=None, chunk_tokens: int | None = None):
+    """Prefill ``ids`` (one pass, or passes of ``chunk_tokens`` appending to the cache), then
+    ``max_new_tokens`` greedy decode steps (EOS not special).
 
     Appends the token fed to each decode step to ``tokens``; returns the last logits.
     """
@@ -168,9 +171,13 @@ def greedy_generate(model, ids: list[int], max_new_tokens: int, tokens: list[int
     tokens = [] if tokens is None else tokens
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits
-        if progress:
-            progress.update(1)
+        for start, stop in prefill_chunks(len(ids), chunk_tokens):
+            # Only the last position's logits are needed: the LM head over a long chunk would be
+            # chunk × vocab floats (150k vocab: 1.2 GB at 2048 tokens).
+            logits = model(input_ids=torch.tensor([ids[start:stop]]), cache=cache, use_cache=True,
+                           logits_to_keep=1).logits
+            if progress:
+                progress.update(1)
         for _ in range(max_new_tokens):
             next_token = int(logits[0, -1].argmax())
             tokens.append(next_token)
@@ -183,12 +190,16 @@ def greedy_generate(model, ids: list[int], max_new_tokens: int, tokens: list[int
 def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: int = 512,
                   max_new_tokens: int = 64, dtype: str = "bfloat16", truncate: bool = False,
                   overwrite: bool = False, progress: bool = True, loaded: LoadedModel | None = None,
-                  layers: list[int] | None = None) -> Path:
+                  layers: list[int] | None = None, chunk_tokens: int | None = None,
+                  decode_every: int = 1) -> Path:
     """Capture one sequence per text file into a new trace store at ``out``; returns ``out``.
 
     Each sequence is the first ``max_prompt_tokens`` tokens of its text as the prompt, then
     ``max_new_tokens`` greedy decode steps. ``loaded`` reuses an already loaded model.
     ``layers`` stores only those layers (all by default); the model still runs every layer.
+    ``chunk_tokens`` runs the prompt in passes of that many tokens through the KV cache (memory
+    bounded by one chunk); ``decode_every`` keeps every Nth decode step's queries (see
+    :mod:`topθ_hw.capture.chunked`). The disk must hold the uncompressed size before anything is written.
     """
     from tqdm import tqdm
 
@@ -197,6 +208,8 @@ def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: in
     out = Path(out)
     if not texts:
         raise UserError("no text files given; pass at least one --text FILE")
+    if decode_every < 1 or (chunk_tokens is not None and chunk_tokens < 1):
+        raise UserError(f"--decode-every is {decode_every} and --chunk-tokens {chunk_tokens}; expected at least 1")
     if max_prompt_tokens < 1 or max_new_tokens < 0:
         raise UserError(f"--max-prompt-tokens is {max_prompt_tokens} and --max-new-tokens {max_new_tokens}; "
                         "expected at least 1 and at least 0")
@@ -218,12 +231,14 @@ def capture_texts(texts, out, model: str = "smollm2-135m", max_prompt_tokens: in
             meta = dataclasses.replace(meta, layers=sorted(set(int(x) for x in layers)))
         except ValueError as exc:
             raise UserError(f"--layers: {exc}") from exc
-    bar = tqdm(total=len(prompts) * (1 + max_new_tokens), unit="pass", desc="capture",
-               disable=not progress, file=sys.stderr)
+    check_disk(out, meta, sum(len(ids) + max_new_tokens for ids in prompts.values()))
+    passes = sum(len(prefill_chunks(len(ids), chunk_tokens)) + max_new_tokens for ids in prompts.values())
+    bar = tqdm(total=passes, unit="pass", desc="capture", disable=not progress, file=sys.stderr)
     with bar, TraceWriter(out, meta, overwrite=overwrite) as writer:
         for path, ids in prompts.items():
             bar.set_postfix_str(f"{path.stem} ({len(ids)} prompt tokens)")
-            with writer.sequence(source=path.stem, prompt_token_ids=ids,
-                                 max_rows=len(ids) + max_new_tokens) as seq:
-                seq.set_token_ids(generate_with_capture(lm, ids, max_new_tokens, seq, meta, bar))
+            with writer.sequence(source=path.stem, prompt_token_ids=ids, max_rows=len(ids) + max_new_tokens,
+                                 decode_every=decode_every) as seq:
+                seq.set_token_ids(generate_with_capture(lm, ids, max_new_tokens, seq, meta, bar, chunk_tokens,
+                                                        decode_every))
     return out

@@ -102,6 +102,9 @@ def register(subparsers) -> None:
     rep.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
     rep.add_argument("--decode-only", action="store_true",
                      help="skip prefill rows (most of the work) when only decode statistics are needed")
+    rep.add_argument("--prefill-stride", type=int, default=1, metavar="S",
+                     help="row sampling: replay only every S-th prefill tile of 64 query rows (prefill figures "
+                     "become estimates, S times less work; decode statistics stay exact). Default 1: every row")
     rep.add_argument("--out", required=True, help="output Parquet file")
     add_overwrite(rep)
     add_threads(rep)
@@ -176,8 +179,8 @@ def run_replay(args: argparse.Namespace) -> int:
     if bad:
         from topθ_hw.errors import UserError
         raise UserError(f"--layers: {bad} not captured in {trace.path} (it holds {trace.meta.captured_layers})")
-    frame, meta = replay_trace(trace, method, names(args.sequences, "--sequences"), layers, progress_bar(), args.decode_only,
-                               args.threads)
+    frame, meta = replay_trace(trace, method, names(args.sequences, "--sequences"), layers, progress_bar(),
+                               args.decode_only, args.threads, args.prefill_stride)
     write_table(frame, args.out, meta)
     heads = frame[frame.level == "head"]
     groups = frame[(frame.level == "group") & (frame.phase == "decode")]

@@ -25,6 +25,7 @@ TILE = 64
 SCORE_BUDGET = 1 << 20   # float32 elements per prefill score block (4 MiB, probs twice that: near L2)
 DECODE_BUDGET = 1 << 22  # decode blocks may be larger: more steps per block stream K fewer times
 MAX_CHUNK_ROWS = 512
+EXACT_HEAD_TILES = 4     # row-sampled prefill still replays the first 4 tiles (rows 0..255) in full
 SPARSE_GATHER = 0.15     # below this kept fraction the sparse output gathers kept V rows instead of a GEMM
 # Numba threads for the kernels. Default 1: on a shared machine (this project's 2 cores run
 # several jobs) every parallel region waits for a descheduled worker, which made 2 threads 6×
@@ -87,6 +88,7 @@ class LayerResult:
     out_sparse: np.ndarray | None = None              # [H_q, T, d] when keep_outputs
     out_dense: np.ndarray | None = None
     decode_only: bool = False                         # prefill rows were skipped
+    prefill_stride: int = 1                           # only every Nth prefill tile was replayed
 
 
 def row_ranges(rows: np.ndarray, window: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,14 +97,27 @@ def row_ranges(rows: np.ndarray, window: int | None) -> tuple[np.ndarray, np.nda
     return lo.astype(np.int64), rows.astype(np.int64)
 
 
-def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, stateful: bool) -> list[Chunk]:
-    """Split rows into chunks that keep G·R·m ≤ SCORE_BUDGET (at least one tile or step each)."""
+def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, stateful: bool,
+                prefill_stride: int = 1, decode_every: int = 1) -> list[Chunk]:
+    """Split rows into chunks that keep G·R·m ≤ SCORE_BUDGET (at least one tile or step each).
+
+    ``prefill_stride = S`` samples the prefill: the first ``EXACT_HEAD_TILES`` query tiles (where
+    rows are short and kept counts change fastest) and then the middle tile of every S consecutive
+    tiles, one chunk each (the middle, not the first: kept fractions fall with n). ``decode_every = N``: only decode steps 0, N, 2N, ... (a trace captured with
+    ``--decode-every N`` holds no real query for the others), one chunk each.
+    """
     chunks = []
 
     def width(t0, t1):
         return t1 - int(row_ranges(np.array([t0]), window)[0][0])
 
     t = 0
+    if prefill_stride > 1:
+        tiles = [i for i in range(-(-prompt_len // TILE))
+                 if i < EXACT_HEAD_TILES or (i - EXACT_HEAD_TILES) % prefill_stride == prefill_stride // 2]
+        chunks = [Chunk(i * TILE, min((i + 1) * TILE, prompt_len), "prefill",
+                        [(i * TILE, min((i + 1) * TILE, prompt_len))]) for i in tiles]
+        t = prompt_len
     while t < prompt_len:
         t1 = min(t + TILE, prompt_len)
         while t1 < prompt_len and t1 - t < MAX_CHUNK_ROWS and \
@@ -110,6 +125,8 @@ def plan_chunks(prompt_len: int, n_rows: int, group: int, window: int | None, st
             t1 = min(t1 + TILE, prompt_len)
         chunks.append(Chunk(t, t1, "prefill", [(s, min(s + TILE, t1)) for s in range(t, t1, TILE)]))
         t = t1
+    if decode_every > 1:
+        return chunks + [Chunk(s, s + 1, "decode", [(s, s + 1)]) for s in range(prompt_len, n_rows, decode_every)]
     step = 1 if stateful else TILE
     while t < n_rows:
         t1 = min(t + step, n_rows)
@@ -128,16 +145,24 @@ def v_means(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def replay_layer(qkv, method: AttentionMethod, layer: int, prompt_len: int, state=None,
-                 keep_outputs: bool = False, decode_only: bool = False, threads: int | None = None) -> LayerResult:
+                 keep_outputs: bool = False, decode_only: bool = False, threads: int | None = None,
+                 prefill_stride: int = 1) -> LayerResult:
     with kernel_threads(threads):
-        return _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only)
+        return _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only, prefill_stride)
 
 
-def _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only) -> LayerResult:
+def _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_only, prefill_stride) -> LayerResult:
     """Run ``method`` on one layer (LayerQKV-like: q [H_q,T,d], k/v [H_kv,T,d], scaling, sliding_window).
 
-    ``decode_only`` skips the prefill rows (their per-row fields stay 0, no prefill tiles).
+    ``decode_only`` skips the prefill rows (their per-row fields stay 0, no prefill tiles);
+    ``prefill_stride = S`` replays every S-th prefill tile of ``TILE`` rows only (the row-sampling
+    mode: prefill statistics become estimates over those tiles; decode rows stay exact). Rows not
+    replayed keep ``n_valid = 0`` and the statistics leave them out.
     """
+    decode_every = int(getattr(qkv, "decode_every", 1))
+    if decode_every > 1 and method.stateful:
+        raise UserError(f"{method.name} carries state across decode steps, but this trace kept only every "
+                        f"{decode_every}th decode step's queries; replay it on a trace captured without --decode-every")
     q, k, v = qkv.q, qkv.k, qkv.v
     n_heads, n_rows, d = q.shape
     n_groups = k.shape[0]
@@ -145,13 +170,13 @@ def _replay_layer(qkv, method, layer, prompt_len, state, keep_outputs, decode_on
     window = qkv.sliding_window
     ctx = method.prepare_layer(layer, qkv)
     res = LayerResult(layer, prompt_len, {f: np.zeros((n_heads, n_rows)) for f in ROW_FIELDS},
-                      decode_only=decode_only)
+                      decode_only=decode_only, prefill_stride=prefill_stride)
     if keep_outputs:
         res.out_sparse = np.zeros((n_heads, n_rows, d), np.float32)
         res.out_dense = np.zeros((n_heads, n_rows, d), np.float32)
     lo_all, hi_all = row_ranges(np.arange(n_rows), window)
     vbar = {}   # filled on the first block that asks for VMC: per-row means of the valid V rows
-    chunks = plan_chunks(prompt_len, n_rows, group, window, method.stateful)
+    chunks = plan_chunks(prompt_len, n_rows, group, window, method.stateful, prefill_stride, decode_every)
     chunks = [c for c in chunks if c.phase == "decode"] if decode_only else chunks
     if not chunks:
         return res

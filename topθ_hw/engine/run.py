@@ -44,11 +44,15 @@ def stats_meta(trace, method: AttentionMethod, sequences: list[str]) -> dict:
 
 
 def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = None, layers=None,
-                 progress=None, decode_only: bool = False, threads: int | None = None) -> tuple[pd.DataFrame, dict]:
+                 progress=None, decode_only: bool = False, threads: int | None = None,
+                 prefill_stride: int = 1) -> tuple[pd.DataFrame, dict]:
     """Replay ``method`` on every (sequence, layer); ``progress`` is tqdm-like or None.
 
-    ``decode_only`` skips prefill rows (most of the work) when only decode statistics are needed.
+    ``decode_only`` skips prefill rows (most of the work) when only decode statistics are needed;
+    ``prefill_stride = S`` replays every S-th prefill tile only (sampled prefill estimates, exact decode).
     """
+    if prefill_stride < 1:
+        raise UserError(f"--prefill-stride is {prefill_stride}, expected at least 1")
     method.check(trace.meta, str(trace.path))
     sequences = evaluation_sequences(trace, method, sequences)
     layers = trace.meta.captured_layers if layers is None else list(layers)
@@ -61,11 +65,12 @@ def replay_trace(trace, method: AttentionMethod, sequences: list[str] | None = N
         state = method.begin_sequence(seq)
         for layer in layers:
             res = replay_layer(seq.layer(layer), method, layer, seq.prompt_len, state, decode_only=decode_only,
-                               threads=threads)
+                               threads=threads, prefill_stride=prefill_stride)
             frames.append(layer_frame(res, group, name))
             bar and bar.update()
     bar and bar.close()
     meta = stats_meta(trace, method, sequences)
     meta["phases"] = ["decode"] if decode_only else ["prefill", "decode"]
+    meta["prefill_stride"] = prefill_stride  # > 1: prefill figures are estimates over every S-th tile
     meta.update(method.report())
     return pd.concat(frames, ignore_index=True), meta

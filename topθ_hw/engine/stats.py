@@ -25,7 +25,9 @@ def segment_starts(prompt_len: int, n_rows: int) -> np.ndarray:
 
 
 def drop_skipped(frame: pd.DataFrame, res: LayerResult) -> pd.DataFrame:
-    return frame[frame["phase"] == "decode"].reset_index(drop=True) if res.decode_only else frame
+    """Leave out the tiles and steps the replay skipped (decode-only, sampled prefill, decode stride):
+    every replayed row has at least one valid key."""
+    return frame[frame["dense_elements"] > 0].reset_index(drop=True)
 
 
 def head_frame(res: LayerResult, group: int) -> pd.DataFrame:

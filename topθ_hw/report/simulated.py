@@ -58,12 +58,14 @@ def _fixed_text(fixed: dict) -> str:
 def provenance(sources, df: pd.DataFrame) -> str:
     devices = sorted(df["device"].unique())
     traces = sorted(df["trace"].unique())
-    extrapolated = int((df["kept_source"] == "extrapolated").sum())
+    counts = df["kept_source"].value_counts()
+    labels = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("measured", "extrapolated", "dense"))
     return (f"topθ_hw.sim decode-attention model on device files for {', '.join(devices)} "
-            f"(sims/hardware/*.toml); kept V-row/page fractions measured by replaying {', '.join(traces)} "
-            f"({extrapolated} of {len(df)} points extrapolated past the measured context: measured masks "
-            f"stretched to the longer context, kept count held, see topθ_hw/study/kept.py); results "
-            f"{files_named(sources)}")
+            f"(sims/hardware/*.toml); kept V-row/page fractions from real masks of {', '.join(traces)} "
+            f"(a trace store is replayed; a *.safetensors file holds masks measured at long context). Of "
+            f"{len(df)} points: {labels} (measured: masks at that context; extrapolated: measured masks "
+            f"stretched to another context, kept count held, see topθ_hw/study/kept.py; dense: nothing "
+            f"dropped); results {files_named(sources)}")
 
 
 def cost_by_device(sources, df: pd.DataFrame) -> Figure:

@@ -88,6 +88,7 @@ class SequenceInfo:
     token_ids: list[int]  # prompt + generated tokens
     capture_time: str
     dtype: str
+    decode_every: int = 1  # only every Nth decode step's queries were kept (the others are zeros)
 
     @property
     def n_decode_steps(self) -> int:

@@ -26,6 +26,7 @@ class LayerQKV:
     positions: np.ndarray  # [T] int64
     scaling: float
     sliding_window: int | None
+    decode_every: int = 1  # decode rows whose step is not a multiple of this hold no real query
 
 
 def widen(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -49,7 +50,8 @@ class SequenceReader:
         try:
             self.info = SequenceInfo(name=name, source=attrs["source"], prompt_len=int(attrs["prompt_len"]),
                                      n_rows=int(attrs["n_rows"]), token_ids=list(attrs["token_ids"]),
-                                     capture_time=attrs["capture_time"], dtype=attrs["dtype"])
+                                     capture_time=attrs["capture_time"], dtype=attrs["dtype"],
+                                     decode_every=int(attrs.get("decode_every", 1)))
             self.crc32 = dict(attrs["crc32"])
         except (KeyError, TypeError, ValueError) as exc:
             raise TraceError(f"{self.where}: sequence attributes lack or mistype field {exc}") from exc
@@ -115,7 +117,7 @@ class SequenceReader:
                     raise TraceError(f"{self.where} layer {layer} {kind}: {bad} NaN/Inf values")
         positions = self._positions()
         return LayerQKV(positions=positions, scaling=float(meta.scalings[layer]),
-                        sliding_window=meta.sliding_windows[layer], **arrays)
+                        sliding_window=meta.sliding_windows[layer], decode_every=self.info.decode_every, **arrays)
 
     def _positions(self) -> np.ndarray:
         try:

@@ -50,8 +50,8 @@ class SequenceWriter:
     """Appends rows per layer; buffers until a chunk is full so appends stay cheap."""
 
     def __init__(self, root: Path, name: str, meta: TraceMeta, source: str,
-                 prompt_token_ids: list[int], max_rows: int):
-        self.meta, self.name, self.source = meta, name, source
+                 prompt_token_ids: list[int], max_rows: int, decode_every: int = 1):
+        self.meta, self.name, self.source, self.decode_every = meta, name, source, int(decode_every)
         self.prompt_len = len(prompt_token_ids)
         self.token_ids = [int(t) for t in prompt_token_ids]
         self.partial_path = root / f"{PARTIAL_PREFIX}{name}"
@@ -133,7 +133,7 @@ class SequenceWriter:
             "complete": True, "source": self.source, "prompt_len": self.prompt_len,
             "n_rows": n_rows, "token_ids": self.token_ids, "dtype": self.meta.dtype,
             "capture_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "package_version": __version__, "crc32": checksums,
+            "package_version": __version__, "crc32": checksums, "decode_every": self.decode_every,
         })
         os.replace(self.partial_path, self.final_path)  # the atomic step
 
@@ -174,9 +174,11 @@ class TraceWriter:
             i += 1
         return f"seq_{i:04d}"
 
-    def sequence(self, source: str, prompt_token_ids, max_rows: int, name: str | None = None) -> SequenceWriter:
+    def sequence(self, source: str, prompt_token_ids, max_rows: int, name: str | None = None,
+                 decode_every: int = 1) -> SequenceWriter:
+        """A new sequence; ``decode_every = N`` records that only every Nth decode step's queries are real."""
         return SequenceWriter(self.path, name or self.next_name(), self.meta, source,
-                              list(prompt_token_ids), max_rows)
+                              list(prompt_token_ids), max_rows, decode_every)
 
     def __enter__(self):
         return self

@@ -15,7 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from topθ_hw.study import parts
+from topθ_hw.errors import UserError
 from topθ_hw.study.kept import kept_fractions, kept_masks
+from topθ_hw.study.masks import load_mask_stats, measured_fractions
 from topθ_hw.study.runner import run_tasks
 from topθ_hw.study.spec import Study, point_hash
 
@@ -63,8 +65,18 @@ def replay_stats(trace_path: str, trace_id: str, spec: dict, k: int, sparsity: d
 
 
 def measure_job(job: dict) -> dict:
-    """All methods of one (trace, k): Top-θ variants share one calibration. Pure; runs anywhere."""
+    """All methods of one (trace, k): Top-θ variants share one calibration. Pure; runs anywhere.
+
+    A measured mask file instead of a trace store is read, not replayed (topθ_hw.study.masks)."""
     results = {}
+    if job["trace_path"].endswith(".safetensors"):
+        stats = load_mask_stats(job["trace_path"])
+        for name, spec in job["methods"].items():
+            if spec.get("capk"):
+                raise UserError(f"{job['trace']}: measured masks are plain Top-θ and top-k; method {name!r} "
+                                "uses capk, which changes the masks: study it on a trace store")
+            results[name] = measured_fractions(stats, spec["engine"], job["k"], job["contexts"][name])
+        return {**job, "results": results}
     for name, spec in job["methods"].items():
         stats = replay_stats(job["trace_path"], job["trace_id"], spec, job["k"], job["sparsity"],
                              progress=tqdm if job["progress"] else None)
@@ -123,6 +135,7 @@ def _decode(raw) -> dict | None:
     try:
         return {"measured_range": tuple(raw["measured_range"]),
                 "fractions": {int(c): {int(p): float(f) for p, f in fr.items()}
-                              for c, fr in raw["fractions"].items()}}
+                              for c, fr in raw["fractions"].items()},
+                "sources": {int(c): s for c, s in raw.get("sources", {}).items()}}
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

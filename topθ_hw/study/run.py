@@ -3,6 +3,7 @@ the remaining points on Dask and assemble the results table."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import sys
@@ -16,6 +17,7 @@ from topθ_hw.store import open_trace
 from topθ_hw.study import parts
 from topθ_hw.study.evaluate import device_fingerprint, device_for, evaluate_point
 from topθ_hw.study.kept import kept_fraction
+from topθ_hw.study.masks import load_mask_stats
 from topθ_hw.study.measure import MEASURE_VERSION, measure_all
 from topθ_hw.study.runner import dask_client, run_tasks
 from topθ_hw.study.spec import Study, load_study, point_hash
@@ -43,7 +45,8 @@ def validate(study_path) -> Study:
         raise UserError(f"{study.path}: table [kernel]: {exc}") from None
     for trace in study.axes["trace"]:
         try:
-            open_trace(resolve_trace(study, trace))
+            path = resolve_trace(study, trace)
+            load_mask_stats(path) if is_mask_file(path) else open_trace(path)
         except TraceError as exc:
             raise UserError(f"{study.path}: 'axes.trace' names {trace!r}: {exc}") from None
     preflight(study)
@@ -93,14 +96,23 @@ def resolve_trace(study: Study, trace: str) -> Path:
 
     candidates = [Path(trace)] + [parent / trace for parent in study.path.resolve().parents] + [shipped(trace)]
     for path in candidates:
-        if (path / "zarr.json").exists():
+        if (path / "zarr.json").exists() or (is_mask_file(path) and path.is_file()):
             return path.resolve()
-    raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store "
-                    "(no zarr.json there, in the study file's parent directories or among the shipped traces)")
+    raise UserError(f"{study.path}: 'axes.trace' names {trace!r}, which is not a trace store (no zarr.json) "
+                    "or a measured mask file (*.safetensors) there, in the study file's parent directories or "
+                    "among the shipped traces")
+
+
+def is_mask_file(path: Path) -> bool:
+    """A measured mask-statistics file (topθ_hw.study.masks) rather than a trace store."""
+    return Path(path).suffix == ".safetensors"
 
 
 def trace_identity(path: Path) -> str:
-    """Changes when the trace's contents do (per-array CRC32s, tokens, positions), not only its path."""
+    """Changes when the trace's contents do (per-array CRC32s, tokens, positions; a mask file's bytes),
+    not only its path."""
+    if is_mask_file(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return open_trace(path).content_id()
 
 
@@ -132,6 +144,7 @@ def attach_kept(tasks: list[dict], measured: dict[tuple, dict]) -> None:
         fractions = m["fractions"].get(task["context"])
         fraction, source = kept_fraction(fractions, m["measured_range"], task["context"], task["page_size"],
                                          task["k"], task["engine_method"])
+        source = m.get("sources", {}).get(task["context"], source) if source != "dense" else source
         task.update(kept_v_fraction=fraction, kept_source=source,
                     kept_rows_fraction=fractions[1] if source != "dense" else 1.0)
 
