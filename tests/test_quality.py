@@ -126,7 +126,8 @@ def test_live_calibration_gives_the_engines_thresholds(trace, engine_tables):
         live, engine = threshold_table(sums, 0, placement, 0.1, {}), engine_tables[placement]
         assert np.array_equal(live.lengths, engine.lengths)
         assert np.array_equal(live.count[layers], engine.count[layers])
-        assert np.allclose(live.theta[layers], engine.theta[layers], rtol=1e-6, atol=0, equal_nan=True)
+        # torch and the numba engine sum float32 scores in different orders: equal to a few ulp
+        assert np.allclose(live.theta[layers], engine.theta[layers], rtol=2e-5, atol=0, equal_nan=True)
 
 
 def test_calibrate_live_then_evaluate_from_the_command_line(tmp_path, capsys):
