@@ -22,6 +22,7 @@ STAGE_CLIS = [
     "topθ_hw.engine.cli",
     "topθ_hw.sim.cli",
     "topθ_hw.quality.cli",
+    "topθ_hw.tasks.cli",
     "topθ_hw.compare.cli",
     "topθ_hw.study.cli",
     "topθ_hw.report.cli",
