@@ -81,6 +81,9 @@ def passkey_command(args) -> int:
     depths = parse_list(args.depths, "--depths", float)
     if any(not 0.0 <= d <= 1.0 for d in depths) or any(n < 64 for n in lengths) or args.max_new_tokens < 1:
         raise UserError("--depths must lie in 0..1, --lengths be ≥ 64 and --max-new-tokens ≥ 1")
+    missing = [h for h in args.haystack if not Path(h).is_file()]
+    if missing:
+        raise UserError(f"--haystack {missing[0]}: no such file")
     haystack = read_texts(args.haystack)
     loaded, settings = task_settings(args)
     limit = getattr(loaded.model.config, "max_position_embeddings", None)
