@@ -31,8 +31,8 @@ nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds 
   --haystack "$LIB/inspect.py" --lengths 4096 --depths 0.1,0.5,0.9 --k 64,128 \
   --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey
 
-# 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: only the first ${HE_FIRST:=2} problems
-#    and 128 new tokens fitted (a run of the first 10 at 384 tokens needed ~5 min per problem and setting)
+# 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: the first ${HE_FIRST:=10} problems
+#    at 128 new tokens fitted (~13 min for the three settings once the machine was quieter)
 nice -n 15 $PY -m topθ_hw task humaneval --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
   --first "$HE_FIRST" --max-new-tokens 128 --k 64,128 --variants "dense,pre+sdc=exact+vmc" --out $OUT/humaneval
 
