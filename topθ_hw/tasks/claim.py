@@ -1,6 +1,6 @@
 """The claim table: where "accuracy within 1 % at ≥ 3× fewer decode V rows" holds, per criterion.
 
-    python -m topθ_hw.tasks.claim DIR      # DIR holding ppl-*/quality.csv, humaneval/, passkey/
+    python -m topθ_hw.tasks.claim DIR      # DIR holding ppl-*/quality.csv, humaneval/, passkey*/
 
 Criteria: perplexity increase ≤ 1 %; next-token disagreement with dense ≤ 1 %; HumanEval pass@1 and
 passkey retrieval within 1 point of dense. Reduction: 1 / kept decode V-row fraction per KV group,
@@ -52,8 +52,8 @@ def claim_table(root: Path) -> pd.DataFrame:
         rows += quality_rows(q)
     if (root / "humaneval/humaneval_summary.csv").is_file():
         rows += task_rows(root / "humaneval/humaneval_summary.csv", "HumanEval pass@1")
-    if (root / "passkey/passkey_summary.csv").is_file():
-        rows += task_rows(root / "passkey/passkey_summary.csv", "passkey retrieval")
+    for summary in sorted(root.glob("passkey*/passkey_summary.csv")):
+        rows += task_rows(summary, "passkey retrieval")
     return pd.DataFrame(rows)
 
 
