@@ -31,6 +31,11 @@ nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds 
   --haystack "$LIB/inspect.py" --lengths 4096 --depths 0.1,0.5,0.9 --k 64,128 \
   --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey
 
+# 3b. one passkey at 8192 tokens, depth 0.5 (θ held past the calibrated n = 3626)
+nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
+  --haystack "$LIB/inspect.py" --lengths 8192 --depths 0.5 --k 64,128 \
+  --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey-8k
+
 # 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: the first ${HE_FIRST:=10} problems
 #    at 128 new tokens fitted (~13 min for the three settings once the machine was quieter)
 nice -n 15 $PY -m topθ_hw task humaneval --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
