@@ -23,6 +23,7 @@ STAGE_CLIS = [
     "topθ_hw.sim.cli",
     "topθ_hw.cost.cli",
     "topθ_hw.quality.cli",
+    "topθ_hw.tasks.cli",
     "topθ_hw.compare.cli",
     "topθ_hw.study.cli",
     "topθ_hw.report.cli",

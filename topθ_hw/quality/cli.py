@@ -83,6 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--decode-from", type=int, help="rows with at least this context count as decode steps "
                    "(default: window/2)")
     p.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0: all)")
+    p.add_argument("--score-from", type=int, default=0, help="score only tokens predicted from at least this "
+                   "many tokens of context (long-context quality; default %(default)s: all)")
+    p.add_argument("--dense-context", type=int, default=0, metavar="C", help="prefill each window's first C "
+                   "tokens densely once; only the rest runs (and is scored) under each setting, as decode rows "
+                   "over the cached context (default %(default)s: the whole window runs under each setting)")
     p.add_argument("--ppl-tolerance", type=float, default=0.01, help="for the summary line (default %(default)s)")
     p.add_argument("--agreement-tolerance", type=float, default=0.01, help="for the summary line (default %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")

@@ -23,10 +23,13 @@ class Generation:
 
 
 @torch.no_grad()
-def greedy(model, prompt_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+def greedy(model, prompt_ids: torch.Tensor, max_new_tokens: int, stop: tuple[str, ...] = (),
+           tokenizer=None) -> list[int]:
+    """Greedy continuation; with ``stop`` (and the ``tokenizer``), it ends once any stop string appears."""
+    extra = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     out = model.generate(prompt_ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                          pad_token_id=model.generation_config.eos_token_id, temperature=None, top_p=None,
-                         top_k=None)
+                         top_k=None, **extra)
     return out[0, prompt_ids.shape[1]:].tolist()
 
 

@@ -37,6 +37,13 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path, title: str) -> Path:
             if col == 0:
                 ax.set_ylabel(ylabel)
     axes[0, 0].legend(fontsize=7, title="variant (labels: k)", title_fontsize=7)
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path: Path, title: str) -> Path:
+    """Title, tight layout and an atomic PNG write; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

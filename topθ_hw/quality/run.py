@@ -86,10 +86,16 @@ def evaluate_command(args) -> int:
             print(f"note: {t.source} is calibrated up to n = {t.max_calibrated_n}; longer rows (up to "
                   f"{min(args.window, len(ids))}) use lookup {t.lookup!r} with extrapolation {t.extrapolate!r}",
                   file=sys.stderr)
-    summary, layers = evaluate(loaded.model, ids, settings, args.window, args.decode_from)
+    if not 0 <= args.score_from < args.window:
+        raise UserError(f"--score-from must lie in 0..{args.window - 1} (--window), got {args.score_from}")
+    if not 0 <= args.dense_context < args.window - 1:
+        raise UserError(f"--dense-context must lie in 0..{args.window - 2} (--window - 2), got {args.dense_context}")
+    summary, layers = evaluate(loaded.model, ids, settings, args.window, args.decode_from,
+                               score_from=args.score_from, dense_context=args.dense_context)
     out = Path(args.out)
     meta = {"kind": "quality", "model_id": loaded.model_id, "model_file_sha256": loaded.sha256,
             "texts": [str(p) for p in args.text], "tokens": int(len(ids)), "window": args.window,
+            "score_from": args.score_from, "dense_context": args.dense_context,
             "thresholds": [t.source for t in tables], "command": shlex.join(["toptheta"] + sys.argv[1:])}
     out.mkdir(parents=True, exist_ok=True)
     write_table(summary, out / "quality.parquet", meta)

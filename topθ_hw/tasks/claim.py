@@ -1,0 +1,82 @@
+"""The claim table: where "accuracy within 1 % at ≥ 3× fewer decode V rows" holds, per criterion.
+
+    python -m topθ_hw.tasks.claim DIR      # DIR holding ppl-*/quality.csv, humaneval/, passkey*/
+
+Criteria: perplexity increase ≤ 1 %; next-token disagreement with dense ≤ 1 %; HumanEval pass@1 and
+passkey retrieval within 1 point of dense. Reduction: 1 / kept decode V-row fraction per KV group,
+from the same run. Writes DIR/claim.md and DIR/claim.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+TOLERANCE, REDUCTION = 0.01, 3.0
+
+
+def quality_rows(path: Path) -> list[dict]:
+    q = pd.read_csv(path)
+    q = q[q["family"] != "dense"]
+    length = f"{int(q['window'].iloc[0])} (rows {int(q['decode_from'].iloc[0])}..)"
+    rows = []
+    for criterion, column, change in (("perplexity", "ppl_increase", lambda r: r["ppl_increase"]),
+                                      ("next-token agreement", "disagreement", lambda r: -r["disagreement"])):
+        for _, r in q.iterrows():
+            rows.append(row(criterion, length, r["setting"], r[column], change(r), r["kept_v_row_fraction"],
+                            int(r["tokens"])))
+    return rows
+
+
+def task_rows(path: Path, criterion: str) -> list[dict]:
+    s = pd.read_csv(path)
+    s = s[s["family"] != "dense"]
+    return [row(criterion, str(r.get("length", "HumanEval prompts")), r["setting"], r["accuracy"],
+                r["accuracy_change"], r["kept_v_row_fraction"], int(r["n"])) for _, r in s.iterrows()]
+
+
+def row(criterion, length, setting, value, change, fraction, n) -> dict:
+    """``change``: signed quality change, negative = worse (−perplexity increase for perplexity)."""
+    loss = -change if criterion != "perplexity" else change
+    return {"criterion": criterion, "length": length, "setting": setting, "value": value, "loss": loss,
+            "kept_v_row_fraction": fraction, "v_row_reduction": 1.0 / max(fraction, 1e-12), "n": n,
+            "within_1pct": loss <= TOLERANCE, "at_3x": 1.0 / max(fraction, 1e-12) >= REDUCTION,
+            "claim_holds": loss <= TOLERANCE and 1.0 / max(fraction, 1e-12) >= REDUCTION}
+
+
+def claim_table(root: Path) -> pd.DataFrame:
+    rows = []
+    for q in sorted(root.glob("ppl-*/quality.csv")):
+        rows += quality_rows(q)
+    if (root / "humaneval/humaneval_summary.csv").is_file():
+        rows += task_rows(root / "humaneval/humaneval_summary.csv", "HumanEval pass@1")
+    for summary in sorted(root.glob("passkey*/passkey_summary.csv")):
+        rows += task_rows(summary, "passkey retrieval")
+    return pd.DataFrame(rows)
+
+
+def markdown(t: pd.DataFrame) -> str:
+    lines = ["| criterion | context (tokens) | setting | loss vs dense | decode V rows kept | n | within 1 % | ≥ 3× | claim |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in t.iterrows():
+        loss = f"{100 * r['loss']:+.2f} %" if r["criterion"] == "perplexity" else f"{100 * r['loss']:+.2f} pt"
+        yes = {True: "yes", False: "no"}
+        lines.append(f"| {r['criterion']} | {r['length']} | {r['setting']} | {loss} | {r['kept_v_row_fraction']:.3f} "
+                     f"({r['v_row_reduction']:.1f}×) | {r['n']} | {yes[r['within_1pct']]} | {yes[r['at_3x']]} | "
+                     f"**{yes[r['claim_holds']]}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path((argv or sys.argv[1:] or ["sims/results/quality-scale"])[0])
+    t = claim_table(root)
+    t.to_csv(root / "claim.csv", index=False, float_format="%.6g")
+    (root / "claim.md").write_text(markdown(t), encoding="utf-8")
+    print(markdown(t))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
