@@ -9,6 +9,8 @@ transformers are imported only when these run.
 
 __all__ = ["capture_texts", "capture", "load_model", "KNOWN_MODELS"]
 
+from topθ_hw.lazy import lazy_attributes  # noqa: E402
+
 # Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
 _LAZY = {
     'capture': 'topθ_hw.capture.hook',
@@ -16,10 +18,4 @@ _LAZY = {
     'load_model': 'topθ_hw.capture.models',
     'capture_texts': 'topθ_hw.capture.run',
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -9,6 +9,8 @@ Public entry points: :func:`replay_layer` (numpy arrays in, per-row/tile results
 __all__ = ["METHODS", "AttentionMethod", "Dense", "TopK", "TopTheta", "ScoreBlock", "Selection",
            "LayerResult", "replay_layer", "ThresholdTable", "load_thresholds"]
 
+from topθ_hw.lazy import lazy_attributes  # noqa: E402
+
 # Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
 _LAZY = {
     'METHODS': 'topθ_hw.engine.methods',
@@ -23,10 +25,4 @@ _LAZY = {
     'ThresholdTable': 'topθ_hw.engine.thresholds',
     'load_thresholds': 'topθ_hw.engine.thresholds',
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

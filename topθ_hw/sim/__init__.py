@@ -10,6 +10,8 @@ model of ``dma.py``; ``dma_kernel_for(device, block_keys=, buffers=)`` configure
 __all__ = ["Device", "DmaKernel", "dma_kernel_for", "known_devices", "load_device", "simulate_call", "simulate_kernel", "simulate_stats",
            "workload_from_stats", "decode_call", "kernel_workload", "prefill_call"]
 
+from topθ_hw.lazy import lazy_attributes  # noqa: E402
+
 # Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
 _LAZY = {
     'DmaKernel': 'topθ_hw.sim.dma_kernel',
@@ -25,10 +27,4 @@ _LAZY = {
     'kernel_workload': 'topθ_hw.sim.workload',
     'prefill_call': 'topθ_hw.sim.workload',
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -188,7 +188,7 @@ def simulate_dma_call(call: AttentionCall, device: Device, kernel: DmaKernel | N
     """Simulate every pass of ``call`` on a DMA-pipelined device: the same keys as ``simulate_call``,
     plus the kernel, the bandwidth bound, the named cause of any time beyond 2× it, and the
     validation status."""
-    from topθ_hw.sim.simulate import check_fits, energy_j, pass_roofline_ns, utilisation
+    from topθ_hw.sim.simulate import call_totals, check_fits, pass_roofline_ns
 
     if device.dma is None:
         raise UserError(f"{device.path}: no [dma] section: {device.name} runs the GPU tile model, not dma.py")
@@ -207,18 +207,7 @@ def simulate_dma_call(call: AttentionCall, device: Device, kernel: DmaKernel | N
         events += sim["events"]
         for name in ("issue_ns", "qk_ns", "pv_ns", "vector_ns", "step_ns", "blocks"):
             stages[name] = stages.get(name, 0) + sim[name]
-    out = {"phase": call.phase, "method": call.method, "fetch": call.fetch,
-           "kept_v_fraction": call.kept_v_fraction, "launches": len(call.passes),
-           "time_s": time_ns * 1e-9, "roofline_time_s": roofline_ns * 1e-9}
-    for kind in BYTE_KINDS:
-        out[f"bytes_{kind}"] = call.total(kind)
-    out["bytes_total"] = sum(out[f"bytes_{kind}"] for kind in BYTE_KINDS)
-    out["matrix_flops"] = float(sum(p.matrix_flops.sum() for p in call.passes))
-    out["vector_flops"] = float(sum(p.vector_flops.sum() for p in call.passes))
-    out["flops"] = out["matrix_flops"] + out["vector_flops"]
-    out.update(energy_j(out["bytes_total"], out["matrix_flops"], out["vector_flops"], device))
-    out.update(utilisation(out, device))
-    out["events"] = events
+    out = call_totals(call, device, time_ns, roofline_ns, events)
     out.update(execution="dma-blocks", kernel=kernel.label, blocks=int(stages["blocks"]),
                bandwidth_bound_s=out["bytes_total"] / (device.memory.hbm_bandwidth_GBps * 1e9),
                validation=kernel.validation)

@@ -69,6 +69,11 @@ def simulate_call(call: AttentionCall, device: Device, kernel: KernelOptions = K
         time_ns += sim["body_ns"]
         roofline_ns += pass_roofline_ns(p, device)
         events += sim["events"]
+    return call_totals(call, device, time_ns, roofline_ns, events)
+
+
+def call_totals(call: AttentionCall, device: Device, time_ns: float, roofline_ns: float, events: int) -> dict:
+    """One flat dict of a simulated call's totals: seconds, bytes by kind, FLOPs, joules, utilisation."""
     out = {"phase": call.phase, "method": call.method, "fetch": call.fetch,
            "kept_v_fraction": call.kept_v_fraction, "launches": len(call.passes),
            "time_s": time_ns * 1e-9, "roofline_time_s": roofline_ns * 1e-9}

@@ -8,6 +8,8 @@ Format documented in ``traces/README.md``. Write with :class:`TraceWriter`, read
 __all__ = ["TraceMeta", "SequenceInfo", "TraceWriter", "SequenceWriter", "open_trace", "Trace",
            "SequenceReader", "LayerQKV"]
 
+from topθ_hw.lazy import lazy_attributes  # noqa: E402
+
 # Imported on first use (PEP 562), so that `toptheta --help` does not load numpy, zarr or SimPy.
 _LAZY = {
     'SequenceInfo': 'topθ_hw.store.meta',
@@ -19,10 +21,4 @@ _LAZY = {
     'SequenceWriter': 'topθ_hw.store.writer',
     'TraceWriter': 'topθ_hw.store.writer',
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
