@@ -72,3 +72,32 @@ def test_impossible_kernel_configurations_are_refused(kwargs, split, message):
     with pytest.raises(UserError, match=message):
         simulate_kernel("h100", 1, 4096, 32, 8, 128, "bf16", 0.5, "row", split_tokens=split,
                         kernel=KernelOptions(**kwargs))
+
+
+def test_golden_section_finds_the_minimum_the_threshold_fit_relies_on():
+    from topθ_hw.sim.crossval import golden_section
+    assert golden_section(lambda x: (x - 1234.5) ** 2, 600.0, 2400.0) == pytest.approx(1234.5, abs=20)
+    assert golden_section(lambda x: abs(x - 0.3), 0.2, 1.0) == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("axis, value, message", [
+    ("warps", 3, "--warps 3"), ("mask", '"sorted"', "--mask 'sorted'"),
+    ("split_tokens", 96, "axes.split_tokens"),
+])
+def test_study_kernel_axes_are_checked_on_load(tmp_path, axis, value, message):
+    from topθ_hw.study.spec import load_study
+    study = tmp_path / "s.toml"
+    study.write_text('[study]\nname = "s"\n[axes]\ndevice = ["h100"]\ncontext = [4096]\n'
+                     f"{axis} = [{value}]\n")
+    with pytest.raises(UserError, match=message):
+        load_study(study)
+
+
+def test_sim_results_name_the_kernel_they_assume():
+    from topθ_hw.sim import load_device
+    from topθ_hw.sim.stats import sim_results_meta
+    h100 = load_device("h100")
+    meta = sim_results_meta(h100, {"method": "toptheta"}, "stats.parquet", "page16", 1024,
+                            kernel=KernelOptions(mask="precomputed", block_keys=128, warps=8, stages=2))
+    assert meta["kernel"] == "triton-splitkv precomputed, 128-key tiles, 8 warps, 2 stages, 1024-key splits"
+    assert "pallas-tpu" in sim_results_meta(load_device("tpu-v5e"), {"method": "toptheta"}, "stats.parquet")["kernel"]

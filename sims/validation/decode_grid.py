@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import (reference_decode, reference_threshold, split_kv_decode, threshold_decode,  # noqa: E402
                      thresholds_for)
-from decode_kernels import check_close, pick_sdpa, provenance, sdpa_call, write_csv, write_json  # noqa: E402
+from decode_kernels import (check_close, pick_sdpa, provenance, sdpa_call, sweep_inputs,  # noqa: E402
+                            write_csv, write_json)
 
-Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BUILDS = {"b64w4s3": dict(chunk=512, block_n=64, num_warps=4, num_stages=3),
           "b128w8s2": dict(chunk=1024, block_n=128, num_warps=8, num_stages=2)}
 COLUMNS = ["device", "date", "family", "kernel", "build", "block_keys", "warps", "stages", "split_tokens", "batch",
@@ -66,7 +66,7 @@ def row_of(meta, family, kernel, build, target, kept, page, times, bytes_k, byte
 def grid_point(meta, q, k, v, timer, args, build):
     """All kernels at one (batch, context) for one build."""
     cfg = BUILDS[build]
-    B, n_ctx, D = k.shape[0], k.shape[2], k.shape[3]
+    D = k.shape[3]
     row_bytes, kv_bytes, q_bytes = D * k.element_size(), k.numel() * k.element_size(), q.numel() * q.element_size()
     qs, ks, vs = q[:2], k[:2], v[:2]  # the float64 checks run on a two-row slice
     ref = reference_decode(qs, ks, vs)
@@ -101,7 +101,6 @@ def grid_point(meta, q, k, v, timer, args, build):
             rows.append(row_of(meta, "precomputed", "row" if page == 1 else f"page{page}", build, f, kept, page,
                                timer.times(lambda: split_kv_decode(q, k, v, mask, page, **cfg), args.repeats),
                                kv_bytes, n_rows * row_bytes, q_bytes + mask.numel(), rel_m))
-            del theta, units, mask
     return rows
 
 
@@ -110,11 +109,7 @@ def sweep(args, timer, base, out_path):
     rows = []
     for B in args.batches:
         for n_ctx in args.contexts:
-            meta = {**base, "batch": B, "context": n_ctx, "q_heads": Q_HEADS, "kv_heads": KV_HEADS,
-                    "head_dim": HEAD_DIM, "dtype": "bf16"}
-            q = torch.randn(B, Q_HEADS, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
-            k = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
-            v = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
+            meta, q, k, v = sweep_inputs(base, B, n_ctx, gen)
             for build in ["b64w4s3"] + (["b128w8s2"] if B == 16 and not args.quick else []):
                 rows += grid_point(meta, q, k, v, timer, args, build)
                 write_csv(out_path, COLUMNS, rows)  # partial results survive a timeout

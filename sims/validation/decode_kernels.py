@@ -160,16 +160,22 @@ def dense_points(meta, q, k, v, timer, args, log):
             point(meta, "sdpa", 1.0, 0, sdpa_times, kv_bytes, kv_bytes, q_bytes)]
 
 
+def sweep_inputs(base, B, n_ctx, gen):
+    """(row metadata, q, k, v) of one (batch, context) point: random bf16, 32 query / 8 KV heads, d = 128."""
+    meta = {**base, "batch": B, "context": n_ctx, "q_heads": Q_HEADS, "kv_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "dtype": "bf16"}
+    q = torch.randn(B, Q_HEADS, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
+    k = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
+    v = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
+    return meta, q, k, v
+
+
 def attention_sweep(args, timer, base, out_path, log):
     gen = torch.Generator(device="cuda").manual_seed(args.seed)
     rows = []
     for B in args.batches:
         for n_ctx in args.contexts:
-            meta = {**base, "batch": B, "context": n_ctx, "q_heads": Q_HEADS, "kv_heads": KV_HEADS,
-                    "head_dim": HEAD_DIM, "dtype": "bf16"}
-            q = torch.randn(B, Q_HEADS, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
-            k = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
-            v = torch.randn(B, KV_HEADS, n_ctx, HEAD_DIM, device="cuda", generator=gen).to(torch.bfloat16)
+            meta, q, k, v = sweep_inputs(base, B, n_ctx, gen)
             rows += dense_points(meta, q, k, v, timer, args, log)
             rows += masked_points(meta, q, k, v, timer, gen, args, log)
             write_csv(out_path, ATTN_COLUMNS, rows)  # partial results survive a timeout

@@ -80,9 +80,8 @@ SHAPE_FIELDS = {f.name: f for f in dataclasses.fields(ModelShape) if "kind" in f
 
 def models_dir() -> Path:
     """Shipped model files: ``$TOPTHETA_MODELS_DIR`` or ``sims/models`` of the repository."""
-    env = os.environ.get("TOPTHETA_MODELS_DIR")
-    from topθ_hw.shipped import shipped
-    return Path(env) if env else shipped("sims/models")
+    from topθ_hw.shipped import shipped_dir
+    return shipped_dir("TOPTHETA_MODELS_DIR", "sims/models")
 
 
 def known_models() -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from topθ_hw.sim.hardware import Device, load_device
-from topθ_hw.sim.simulate import fa2_split_tokens, simulate_call, simulate_kernel
+from topθ_hw.sim.simulate import fa2_split_tokens, simulate_call
 from topθ_hw.sim.tiles import KernelOptions
 from topθ_hw.sim.workload import AttentionCall, kernel_workload
 

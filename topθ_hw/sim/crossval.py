@@ -36,7 +36,9 @@ FRACTIONS = (1.0, 0.5, 0.3, 0.1, 0.03)
 FETCHES = {1: "row", 16: "page16", 64: "page64"}
 BUILDS = {"b64w4s3": (KernelOptions(block_keys=64, warps=4, stages=3), 512),
           "b128w8s2": (KernelOptions(block_keys=128, warps=8, stages=2), 1024)}
-MEASURED_CTAS = {("b64w4s3", "precomputed"): 3, ("b128w8s2", "precomputed"): 3}  # H100 compiled kernels
+# resident CTAs per SM of the _split_kv_partial builds (dense and precomputed), from the H100's compiled
+# kernels (h100_microbench_sm.provenance.json); the threshold kernel's are derived from shared memory
+MEASURED_CTAS = {"b64w4s3": 3, "b128w8s2": 3}
 FA2 = KernelOptions(style="fa2", block_keys=128, warps=4, stages=2, ctas_per_unit=2)
 KEY = ["family", "kernel", "build", "batch", "context"]
 
@@ -70,9 +72,9 @@ def options(p: GridPoint) -> tuple[KernelOptions, int]:
         return FA2, fa2_split_tokens(p.batch, 8, p.context, 132)
     kernel, split = BUILDS[p.build]
     mask = "threshold" if p.family == "threshold" else "precomputed"
-    ctas = MEASURED_CTAS.get((p.build, "precomputed")) if p.family == "precomputed" or p.kernel == "dense" else 0
+    ctas = MEASURED_CTAS[p.build] if p.family == "precomputed" or p.kernel == "dense" else 0
     return KernelOptions(block_keys=kernel.block_keys, warps=kernel.warps, stages=kernel.stages, mask=mask,
-                         ctas_per_unit=ctas or 0), split
+                         ctas_per_unit=ctas), split
 
 
 def predict(p: GridPoint, device: Device) -> float:

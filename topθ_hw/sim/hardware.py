@@ -187,10 +187,8 @@ class Device:
 
 def hardware_dir() -> Path:
     """Shipped device files: ``$TOPTHETA_HARDWARE_DIR`` or the package's ``sims/hardware``."""
-    from topθ_hw.shipped import shipped
-
-    env = os.environ.get("TOPTHETA_HARDWARE_DIR")
-    return Path(env) if env else shipped("sims/hardware")
+    from topθ_hw.shipped import shipped_dir
+    return shipped_dir("TOPTHETA_HARDWARE_DIR", "sims/hardware")
 
 
 def known_devices() -> list[str]:

@@ -10,7 +10,6 @@ a source for every number, in the device files' grammar (``ref:``, ``measured:``
 from __future__ import annotations
 
 import functools
-import os
 import tomllib
 from pathlib import Path
 
@@ -21,10 +20,8 @@ GPU_FAMILY = "triton-splitkv"   # the split-KV decode kernels of sims/validation
 
 def kernels_dir() -> Path:
     """Shipped family files: ``$TOPTHETA_KERNELS_DIR`` or the package's ``sims/kernels``."""
-    from topθ_hw.shipped import shipped
-
-    env = os.environ.get("TOPTHETA_KERNELS_DIR")
-    return Path(env) if env else shipped("sims/kernels")
+    from topθ_hw.shipped import shipped_dir
+    return shipped_dir("TOPTHETA_KERNELS_DIR", "sims/kernels")
 
 
 def known_families() -> list[str]:

@@ -16,7 +16,7 @@ from topθ_hw.sim.hardware import Device, load_device
 from topθ_hw.sim.kernel_family import GPU_FAMILY
 from topθ_hw.sim.model import simulate_pass
 from topθ_hw.sim.tiles import KernelOptions, fa2_num_splits, with_stages
-from topθ_hw.sim.workload import BYTE_KINDS, ELEMENT_BYTES, TILE, AttentionCall, kernel_workload
+from topθ_hw.sim.workload import BYTE_KINDS, ELEMENT_BYTES, TILE, AttentionCall, _round_up, kernel_workload
 
 
 def check_fits(call: AttentionCall, device: Device, context_rows: int) -> None:
@@ -142,9 +142,6 @@ def validation_status(device: Device) -> str:
                                        f"unvalidated: no {device.name} timing; kernel constants of "
                                        f"architecture {device.architecture!r} are assumed (sims/kernels/)")
 
-
-def _round_up(x: int, to: int) -> int:
-    return -(-x // to) * to
 
 
 def kernel_description(kernel: KernelOptions, split_tokens: int, method: str) -> dict:
