@@ -31,9 +31,30 @@ def timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
+def sampling_check(trace, method, seq, rows: int, strides: str) -> dict:
+    """Sampled against full prefill replay on the first ``rows`` rows, per stride."""
+    from topθ_hw.engine.longctx import PrefixTrace, prefill_fraction
+    from topθ_hw.engine.run import replay_trace
+
+    short = PrefixTrace(trace, rows)
+    full, fwall, _ = timed(lambda: replay_trace(short, method, [seq], decode_only=False)[0])
+    fh = full[(full.level == "head") & (full.phase == "prefill")]
+    exact = prefill_fraction(fh, rows, 1)
+    check = {"rows": rows, "exact": exact, "full_wall_s": fwall, "strides": {}}
+    for s in (int(x) for x in strides.split(",")):
+        sampled, swall, _ = timed(lambda: replay_trace(short, method, [seq], prefill_stride=s)[0])
+        sh = sampled[(sampled.level == "head") & (sampled.phase == "prefill")]
+        per_layer = [abs(prefill_fraction(sh[sh.layer == la], rows, s)
+                         / prefill_fraction(fh[fh.layer == la], rows, 1) - 1) for la in sh.layer.unique()]
+        check["strides"][s] = {"estimate": prefill_fraction(sh, rows, s),
+                               "rel_error": prefill_fraction(sh, rows, s) / exact - 1,
+                               "layer_rel_error_max": float(np.max(per_layer)), "wall_s": swall}
+    return check
+
+
 def main(argv=None) -> dict:
     from topθ_hw.engine.calibrate import calibrate
-    from topθ_hw.engine.longctx import PrefixTrace, prefill_fraction
+    from topθ_hw.engine.longctx import prefill_fraction
     from topθ_hw.engine.methods import TopTheta
     from topθ_hw.engine.run import replay_trace
     from topθ_hw.store import open_trace
@@ -43,7 +64,7 @@ def main(argv=None) -> dict:
     p.add_argument("--calibration-traces", required=True)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--stride", type=int, default=4)
-    p.add_argument("--check-rows", type=int, default=4096)
+    p.add_argument("--check-rows", type=int, default=4096, help="prefix for the sampled-vs-full check (0: skip it)")
     p.add_argument("--check-strides", default="4,8,16")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -60,19 +81,8 @@ def main(argv=None) -> dict:
               "replay_cpu_s": cpu, "prefill_elements_kept_estimate": prefill_fraction(heads, n, a.stride),
               "decode_v_rows_kept": groups.kept_v_rows.sum() / groups.v_rows_total.sum(),
               "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    short = PrefixTrace(trace, a.check_rows)
-    full, fwall, _ = timed(lambda: replay_trace(short, method, [seq], decode_only=False)[0])
-    fh = full[(full.level == "head") & (full.phase == "prefill")]
-    exact = prefill_fraction(fh, a.check_rows, 1)
-    result["check"] = {"rows": a.check_rows, "exact": exact, "full_wall_s": fwall, "strides": {}}
-    for s in (int(x) for x in a.check_strides.split(",")):
-        sampled, swall, _ = timed(lambda: replay_trace(short, method, [seq], prefill_stride=s)[0])
-        sh = sampled[(sampled.level == "head") & (sampled.phase == "prefill")]
-        per_layer = [abs(prefill_fraction(sh[sh.layer == la], a.check_rows, s)
-                         / prefill_fraction(fh[fh.layer == la], a.check_rows, 1) - 1) for la in sh.layer.unique()]
-        result["check"]["strides"][s] = {"estimate": prefill_fraction(sh, a.check_rows, s),
-                                         "rel_error": prefill_fraction(sh, a.check_rows, s) / exact - 1,
-                                         "layer_rel_error_max": float(np.max(per_layer)), "wall_s": swall}
+    if a.check_rows:
+        result["check"] = sampling_check(trace, method, seq, a.check_rows, a.check_strides)
     text = json.dumps(result, indent=2, default=float)
     print(text)
     if a.out:

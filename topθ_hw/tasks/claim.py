@@ -54,7 +54,14 @@ def claim_table(root: Path) -> pd.DataFrame:
         rows += task_rows(root / "humaneval/humaneval_summary.csv", "HumanEval pass@1")
     for summary in sorted(root.glob("passkey*/passkey_summary.csv")):
         rows += task_rows(summary, "passkey retrieval")
-    return pd.DataFrame(rows)
+    t = pd.DataFrame(rows)
+    if t.empty:
+        raise SystemExit(f"{root}: no ppl-*/quality.csv, humaneval/humaneval_summary.csv or passkey*/passkey_summary.csv")
+    # criteria in the order found, contexts ascending within each (a directory name sorts 16k before 8k)
+    tokens = pd.to_numeric(t["length"].str.extract(r"^(\d+)", expand=False), errors="coerce").fillna(0)
+    order = {c: i for i, c in enumerate(dict.fromkeys(t["criterion"]))}
+    return (t.assign(_c=t["criterion"].map(order), _n=tokens).sort_values(["_c", "_n"], kind="stable")
+            .drop(columns=["_c", "_n"]).reset_index(drop=True))
 
 
 def markdown(t: pd.DataFrame) -> str:
