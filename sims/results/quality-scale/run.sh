@@ -36,8 +36,19 @@ nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds 
   --haystack "$LIB/inspect.py" --lengths 8192 --depths 0.5 --k 64,128 \
   --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey-8k
 
-# 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: the first ${HE_FIRST:=10} problems
-#    at 128 new tokens fitted (~13 min for the three settings once the machine was quieter)
+# 3c. perplexity / agreement / KL at 8k: one 8192-token window of typing.py, its first 7168 tokens prefilled
+#     dense once, the last 1024 rows (context 7169..8192) under every variant (θ held past n = 3626)
+nice -n 15 $PY -m topθ_hw evaluate --threads 1 --model $MODEL --thresholds "$WORK/thresholds" --text "$LIB/typing.py" \
+  --max-tokens 8192 --window 8192 --dense-context 7168 --k 64,128 \
+  --variants "pre,pre+sdc=expthr,pre+sdc=exact+vmc,post,post+vmc,pre+capk,topk" --out $OUT/ppl-8k
+
+# 3d. one passkey at 16384 tokens, depth 0.5
+nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
+  --haystack "$LIB/inspect.py" --lengths 16384 --depths 0.5 --k 64,128 \
+  --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey-16k
+
+# 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: the first ${HE_FIRST:=30} problems
+#    at 128 new tokens (one thread, beside two other single-threaded jobs)
 nice -n 15 $PY -m topθ_hw task humaneval --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
   --first "$HE_FIRST" --max-new-tokens 128 --k 64,128 --variants "dense,pre+sdc=exact+vmc" --out $OUT/humaneval
 
