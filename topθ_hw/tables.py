@@ -73,3 +73,12 @@ def check_columns(path, frame: pd.DataFrame, kind) -> None:
     missing = [c for c in KIND_COLUMNS.get(kind, ()) if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: a {kind!r} table lacks column(s) {missing}; is it another kind of table?")
+
+
+def write_csv_and_markdown(frame: pd.DataFrame, markdown: str, folder: str | os.PathLike, stem: str) -> None:
+    """A results table as ``folder/stem.csv`` and ``folder/stem.md``, each written atomically."""
+    folder = Path(folder)
+    with atomic_write(folder / f"{stem}.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_write(folder / f"{stem}.md") as tmp:
+        Path(tmp).write_text(markdown, encoding="utf-8")

@@ -55,9 +55,10 @@ def markdown(s: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     root = Path((argv or sys.argv[1:] or ["sims/results/longctx"])[0])
+    from topθ_hw.tables import write_csv_and_markdown
+
     s = summary(model_tables(root))
-    s.to_csv(root / "summary.csv", index=False, float_format="%.5g")
-    (root / "summary.md").write_text(markdown(s), encoding="utf-8")
+    write_csv_and_markdown(s, markdown(s), root, "summary")
     print(markdown(s))
     return 0
 

@@ -78,9 +78,10 @@ def markdown(t: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     root = Path((argv or sys.argv[1:] or ["sims/results/quality-scale"])[0])
+    from topθ_hw.tables import write_csv_and_markdown
+
     t = claim_table(root)
-    t.to_csv(root / "claim.csv", index=False, float_format="%.6g")
-    (root / "claim.md").write_text(markdown(t), encoding="utf-8")
+    write_csv_and_markdown(t, markdown(t), root, "claim")
     print(markdown(t))
     return 0
 
