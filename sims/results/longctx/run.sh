@@ -52,11 +52,11 @@ nice -n 5 $T $L1 $PY -m topθ_hw.engine.longctx_run --traces "$LONG/qwen0.5b-std
 nice -n 10 $T $L1 $PY -m topθ_hw.engine.longctx_run --traces "$LONG/smollm2-emma-8k.zarr" \
     --calibration-traces "$LONG/smollm2-pp-cal-4k.zarr" --cal-rows 1024,4096 \
     --ks 16,32,64,128,256,512 --contexts 1024,2048,4096,8192 --layers 2,7,12,17,22,27 \
-    --prefill-stride 8 --out sims/results/longctx/smollm2-135m --stretch-from 1024
+    --prefill-stride 8 --out sims/results/longctx/smollm2-135m --stretch-from 1024 --mask-extrapolate logfit
 nice -n 10 $T $L1 $PY -m topθ_hw.engine.longctx_run --traces "$LONG/qwen1.5b-stdlib-8k.zarr" \
     --calibration-traces "$LONG/qwen1.5b-stdlib-cal-4k.zarr" --cal-rows 1024,4096 \
     --ks 16,32,64,128,256,512 --contexts 1024,2048,4096,8192 --layers 2,7,12,17,22,27 \
-    --prefill-stride 8 --out sims/results/longctx/qwen2.5-coder-1.5b --stretch-from 1024
+    --prefill-stride 8 --out sims/results/longctx/qwen2.5-coder-1.5b --stretch-from 1024 --mask-extrapolate logfit
 
 # 5. one table across the models
 $PY -m topθ_hw.engine.longctx_summary sims/results/longctx
