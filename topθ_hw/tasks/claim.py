@@ -68,7 +68,8 @@ def markdown(t: pd.DataFrame) -> str:
     lines = ["| criterion | context (tokens) | setting | loss vs dense | decode V rows kept | n | within 1 % | ≥ 3× | claim |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        loss = f"{100 * r['loss']:+.2f} %" if r["criterion"] == "perplexity" else f"{100 * r['loss']:+.2f} pt"
+        value = 100 * r["loss"] + 0.0  # + 0.0: no "-0.00" for a loss of minus zero
+        loss = f"{value:+.2f} %" if r["criterion"] == "perplexity" else f"{value:+.2f} pt"
         yes = {True: "yes", False: "no"}
         lines.append(f"| {r['criterion']} | {r['length']} | {r['setting']} | {loss} | {r['kept_v_row_fraction']:.3f} "
                      f"({r['v_row_reduction']:.1f}×) | {r['n']} | {yes[r['within_1pct']]} | {yes[r['at_3x']]} | "
