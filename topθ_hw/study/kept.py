@@ -15,7 +15,7 @@ thresholds and top-k both keep about k entries per head and row whatever n is; s
 middle rows apart is the pessimistic choice for pages (clusters in the middle are pulled apart).
 Where N lies inside the measured decode range the point is marked ``kept_source = "measured"``,
 elsewhere ``"extrapolated"``. A study whose trace is a measured long-context mask file
-(:mod:`topθ_hw.study.masks`, e.g. masks at 4k–16k) reads the masks measured at the context
+(:mod:`topθ_hw.study.masks`, e.g. masks at 4k–32k) reads the masks measured at the context
 nearest N instead, so points at those contexts are measured, not stretched from a short trace;
 ``sims/results/longctx/`` compares this rule with such measured masks. Dense keeps everything, and so do top-k and Top-θ where k ≥ N
 (rows with n ≤ k stay dense).
