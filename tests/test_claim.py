@@ -32,3 +32,18 @@ def test_claim_table_orders_contexts_numerically_within_a_criterion():
 def test_claim_table_of_an_empty_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no ppl-"):
         claim_table(tmp_path)
+
+
+def test_passkey_runs_are_pooled_per_length():
+    from topθ_hw.tasks.claim import pooled_passkey
+
+    one = ROOT / "passkey-8k/passkey_summary.csv"
+    twice = pooled_passkey([one, one]).set_index("setting")
+    single = pd.read_csv(one).set_index("setting")
+    assert (twice.n == 2 * single.n).all() and (twice.correct == 2 * single.correct).all()
+    sparse = single.index[single.family != "dense"]
+    assert twice.loc[sparse, "kept_v_row_fraction"].to_numpy() == pytest.approx(
+        single.loc[sparse, "kept_v_row_fraction"].to_numpy(), rel=1e-5)
+    both = pooled_passkey([ROOT / "passkey/passkey_summary.csv", one])
+    assert sorted(both.length.unique()) == [4096, 8192]
+    assert (both.groupby("length").setting.nunique() == both.setting.nunique()).all()

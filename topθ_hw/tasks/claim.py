@@ -30,8 +30,23 @@ def quality_rows(path: Path) -> list[dict]:
     return rows
 
 
-def task_rows(path: Path, criterion: str) -> list[dict]:
-    s = pd.read_csv(path)
+def pooled_passkey(paths: list[Path]) -> pd.DataFrame:
+    """Passkey summaries of several runs pooled per (setting, length): trials, correct answers and
+    V rows are summed, so each length gets one row however many runs tried it."""
+    # the Parquet beside each CSV holds the V-row counts at full precision
+    s = pd.concat([pd.read_parquet(p.with_suffix(".parquet")) if p.with_suffix(".parquet").is_file()
+                   else pd.read_csv(p) for p in paths], ignore_index=True)
+    pooled = s.groupby(["setting", "family", "length"], sort=False, as_index=False)[
+        ["n", "correct", "kept_v_rows", "v_rows"]].sum()
+    pooled["accuracy"] = pooled["correct"] / pooled["n"]
+    dense = pooled[pooled["family"] == "dense"].set_index("length")["accuracy"]
+    pooled["accuracy_change"] = pooled["accuracy"] - pooled["length"].map(dense)
+    pooled["kept_v_row_fraction"] = pooled["kept_v_rows"] / pooled["v_rows"].where(pooled["v_rows"] > 0)
+    return pooled
+
+
+def task_rows(summary: Path | pd.DataFrame, criterion: str) -> list[dict]:
+    s = summary if isinstance(summary, pd.DataFrame) else pd.read_csv(summary)
     s = s[s["family"] != "dense"]
     return [row(criterion, str(r.get("length", "HumanEval prompts")), r["setting"], r["accuracy"],
                 r["accuracy_change"], r["kept_v_row_fraction"], int(r["n"])) for _, r in s.iterrows()]
@@ -39,7 +54,7 @@ def task_rows(path: Path, criterion: str) -> list[dict]:
 
 def row(criterion, length, setting, value, change, fraction, n) -> dict:
     """``change``: signed quality change, negative = worse (−perplexity increase for perplexity)."""
-    loss = -change if criterion != "perplexity" else change
+    loss = 0.0 - change if criterion != "perplexity" else change  # 0.0 - x: never a minus zero
     return {"criterion": criterion, "length": length, "setting": setting, "value": value, "loss": loss,
             "kept_v_row_fraction": fraction, "v_row_reduction": 1.0 / max(fraction, 1e-12), "n": n,
             "within_1pct": loss <= TOLERANCE, "at_3x": 1.0 / max(fraction, 1e-12) >= REDUCTION,
@@ -52,8 +67,9 @@ def claim_table(root: Path) -> pd.DataFrame:
         rows += quality_rows(q)
     if (root / "humaneval/humaneval_summary.csv").is_file():
         rows += task_rows(root / "humaneval/humaneval_summary.csv", "HumanEval pass@1")
-    for summary in sorted(root.glob("passkey*/passkey_summary.csv")):
-        rows += task_rows(summary, "passkey retrieval")
+    passkey = sorted(root.glob("passkey*/passkey_summary.csv"))
+    if passkey:
+        rows += task_rows(pooled_passkey(passkey), "passkey retrieval")
     t = pd.DataFrame(rows)
     if t.empty:
         raise SystemExit(f"{root}: no ppl-*/quality.csv, humaneval/humaneval_summary.csv or passkey*/passkey_summary.csv")
