@@ -47,6 +47,11 @@ nice -n 15 $PY -m topθ_hw task passkey --threads 1 --model $MODEL --thresholds 
   --haystack "$LIB/inspect.py" --lengths 16384 --depths 0.5 --k 64,128 \
   --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey-16k
 
+# 3e. passkeys at depths 0.1 and 0.9 at 8192 and 16384 tokens (both threads)
+nice -n 5 $PY -m topθ_hw task passkey --threads 2 --model $MODEL --thresholds "$WORK/thresholds" \
+  --haystack "$LIB/inspect.py" --lengths 8192,16384 --depths 0.1,0.9 --k 64,128 \
+  --variants "dense,pre+sdc=exact+vmc,post+vmc" --out $OUT/passkey-depths
+
 # 4. HumanEval pass@1 (greedy), dense vs the best variant at k = 64 / 128: the first ${HE_FIRST:=30} problems
 #    at 128 new tokens (one thread, beside two other single-threaded jobs)
 nice -n 15 $PY -m topθ_hw task humaneval --threads 1 --model $MODEL --thresholds "$WORK/thresholds" \
