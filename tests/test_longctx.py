@@ -84,3 +84,30 @@ def test_prefix_trace_calibrates_on_the_first_rows_only(trace):
 def test_bad_prefill_stride_is_one_line(trace):
     with pytest.raises(UserError, match="--prefill-stride is 0"):
         replay_trace(trace, TopK(k=16), ["seq_0001"], [LAYER], prefill_stride=0)
+
+
+def test_longctx_run_writes_tables_that_match_a_direct_summary(trace, tmp_path):
+    """The table command end to end on the shipped trace: calibrate on seq_0000, cut seq_0001 at 128 and
+    256, and write <out>.csv/.md and the stretch comparison; its top-k row is the summary computed here."""
+    import io
+
+    import pandas as pd
+
+    from topθ_hw.engine.longctx_run import parse, run
+
+    out = tmp_path / "t"
+    run(parse(["--traces", TRACE, "--sequence", "seq_0001", "--calibration-traces", TRACE, "--cal-rows", "256",
+               "--ks", "16", "--contexts", "128,256", "--layers", str(LAYER), "--prefill-stride", "2",
+               "--out", str(out), "--stretch-from", "128", "--mask-extrapolate", "logfit"]), log=io.StringIO())
+    written = pd.read_csv(tmp_path / "t.csv")
+    assert (tmp_path / "t.md").read_text().startswith("| method |")
+    assert set(written.method) == {"toptheta", "topk"} and set(written.extrapolate.dropna()) == {"hold", "logfit"}
+    method = TopK(k=16)
+    method.check(trace.meta)
+    seq = trace.sequence("seq_0001")
+    pre, dec = layer_tables(seq.layer(LAYER), LAYER, method, seq.prompt_len, trace.meta.group_size, 2, (128, 256))
+    want = summarise(pre, dec, (128, 256), 2).set_index("context")
+    got = written[written.method == "topk"].set_index("context")
+    assert got.decode_v_rows_kept.to_numpy() == pytest.approx(want.decode_v_rows_kept.to_numpy(), rel=1e-4)
+    stretch = pd.read_csv(tmp_path / "t-stretch.csv")
+    assert set(stretch.context) == {256, 512} and set(stretch.page) == {1, 16, 64}

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from topθ_hw.errors import UserError
-from topθ_hw.outputs import atomic_write
+from topθ_hw.outputs import atomic_write, write_text_atomic
 
 META_KEY = b"toptheta"
 
@@ -75,10 +75,9 @@ def check_columns(path, frame: pd.DataFrame, kind) -> None:
         raise UserError(f"{path}: a {kind!r} table lacks column(s) {missing}; is it another kind of table?")
 
 
-def write_csv_and_markdown(frame: pd.DataFrame, markdown: str, folder: str | os.PathLike, stem: str) -> None:
+
+def write_csv_and_markdown(frame: pd.DataFrame, markdown: str, folder: str | os.PathLike, stem: str,
+                           float_format: str = "%.6g") -> None:
     """A results table as ``folder/stem.csv`` and ``folder/stem.md``, each written atomically."""
-    folder = Path(folder)
-    with atomic_write(folder / f"{stem}.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_write(folder / f"{stem}.md") as tmp:
-        Path(tmp).write_text(markdown, encoding="utf-8")
+    write_text_atomic(Path(folder) / f"{stem}.csv", frame.to_csv(index=False, float_format=float_format))
+    write_text_atomic(Path(folder) / f"{stem}.md", markdown)

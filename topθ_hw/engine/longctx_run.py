@@ -22,7 +22,7 @@ from topθ_hw.engine.headline import to_markdown
 from topθ_hw.engine.longctx import CONTEXTS, KS, PrefixTrace, layer_tables, summarise
 from topθ_hw.engine.methods import TopK, TopTheta
 from topθ_hw.store import open_trace
-from topθ_hw.tables import write_table
+from topθ_hw.tables import write_csv_and_markdown, write_table
 
 
 def layer_subset(trace, layers):
@@ -89,17 +89,15 @@ def run(args, log=sys.stderr) -> pd.DataFrame:
             "n_q_heads": trace.meta.n_q_heads, "n_kv_heads": trace.meta.n_kv_heads,
             "model_file_sha256": trace.meta.model_file_sha256}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out.with_name(out.name + ".csv"), index=False, float_format="%.5g")
-    out.with_name(out.name + ".md").write_text(to_markdown(table) + "\n")
+    write_csv_and_markdown(table, to_markdown(table) + "\n", out.parent, out.name, float_format="%.5g")
     if args.raw:
         write_table(pd.concat(raw, ignore_index=True), args.raw, meta)
     if args.masks:
         write_masks(pd.concat(raw, ignore_index=True), args, meta)
     if args.stretch_from:
         stretch = stretch_vs_measured(pd.concat(raw, ignore_index=True), args)
-        stretch.to_csv(out.with_name(out.name + "-stretch.csv"), index=False, float_format="%.5g")
-        out.with_name(out.name + "-stretch.md").write_text(to_markdown(stretch) + "\n")
+        write_csv_and_markdown(stretch, to_markdown(stretch) + "\n", out.parent, f"{out.name}-stretch",
+                               float_format="%.5g")
     return table
 
 

@@ -45,9 +45,8 @@ def pooled_passkey(paths: list[Path]) -> pd.DataFrame:
     return pooled
 
 
-def task_rows(summary: Path | pd.DataFrame, criterion: str) -> list[dict]:
-    s = summary if isinstance(summary, pd.DataFrame) else pd.read_csv(summary)
-    s = s[s["family"] != "dense"]
+def task_rows(summary: pd.DataFrame, criterion: str) -> list[dict]:
+    s = summary[summary["family"] != "dense"]
     return [row(criterion, str(r.get("length", "HumanEval prompts")), r["setting"], r["accuracy"],
                 r["accuracy_change"], r["kept_v_row_fraction"], int(r["n"])) for _, r in s.iterrows()]
 
@@ -55,10 +54,11 @@ def task_rows(summary: Path | pd.DataFrame, criterion: str) -> list[dict]:
 def row(criterion, length, setting, value, change, fraction, n) -> dict:
     """``change``: signed quality change, negative = worse (−perplexity increase for perplexity)."""
     loss = 0.0 - change if criterion != "perplexity" else change  # 0.0 - x: never a minus zero
+    reduction = 1.0 / max(fraction, 1e-12)
     return {"criterion": criterion, "length": length, "setting": setting, "value": value, "loss": loss,
-            "kept_v_row_fraction": fraction, "v_row_reduction": 1.0 / max(fraction, 1e-12), "n": n,
-            "within_1pct": loss <= TOLERANCE, "at_3x": 1.0 / max(fraction, 1e-12) >= REDUCTION,
-            "claim_holds": loss <= TOLERANCE and 1.0 / max(fraction, 1e-12) >= REDUCTION}
+            "kept_v_row_fraction": fraction, "v_row_reduction": reduction, "n": n,
+            "within_1pct": loss <= TOLERANCE, "at_3x": reduction >= REDUCTION,
+            "claim_holds": loss <= TOLERANCE and reduction >= REDUCTION}
 
 
 def claim_table(root: Path) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def claim_table(root: Path) -> pd.DataFrame:
     for q in sorted(root.glob("ppl-*/quality.csv")):
         rows += quality_rows(q)
     if (root / "humaneval/humaneval_summary.csv").is_file():
-        rows += task_rows(root / "humaneval/humaneval_summary.csv", "HumanEval pass@1")
+        rows += task_rows(pd.read_csv(root / "humaneval/humaneval_summary.csv"), "HumanEval pass@1")
     passkey = sorted(root.glob("passkey*/passkey_summary.csv"))
     if passkey:
         rows += task_rows(pooled_passkey(passkey), "passkey retrieval")
